@@ -1,0 +1,47 @@
+# The README's two commands are `make demo` and `make test`; both install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: deps venv demo test lint unit integration bench bench-quick soak clean
+
+deps:
+	./scripts/install-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: deps venv
+	./scripts/demo
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+test: deps venv lint
+	$(BIN)/pytest tests
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+integration: deps venv
+	$(BIN)/pytest tests/integration
+
+bench: deps venv
+	$(BIN)/python -m bench.run --full
+
+bench-quick: deps venv
+	$(BIN)/python -m bench.run --quick
+
+soak: deps venv
+	VMDISK_SOAK=1 $(BIN)/pytest -m soak tests/soak
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache

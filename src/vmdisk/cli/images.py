@@ -1,0 +1,134 @@
+"""`vmdisk image ...` and `vmdisk cache ...` commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vmdisk.cli.context import app
+from vmdisk.errors import InvalidRequest
+from vmdisk.imagecache.inspect import ALLOWED_FORMATS
+from vmdisk.imagecache.records import Checksum
+from vmdisk.imagecache.store import ImageRequest
+from vmdisk.units import format_size, parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def size_option(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), reason="bad-size") from exc
+
+
+def image_request(
+    source: str, image_id: str | None, fmt: str | None, checksum: str | None, max_size: str | None
+) -> ImageRequest:
+    if image_id is not None and (not image_id or "\x00" in image_id or len(image_id) > 1024):
+        raise InvalidRequest("--id must be 1 to 1024 characters without NUL", reason="bad-id")
+    return ImageRequest(
+        source=source,
+        image_id=image_id,
+        declared_format=fmt,
+        checksum=Checksum.parse(checksum) if checksum else None,
+        max_size=size_option(max_size),
+    )
+
+
+def intake_options(id_flag: str) -> Callable[[F], F]:
+    """The options every command that takes an image shares (fetch, create, rescue)."""
+    options = [
+        click.option(id_flag, "image_id", help="Image id (default: the normalised source)."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(ALLOWED_FORMATS),
+            help="Declared format; the content must agree.",
+        ),
+        click.option("--checksum", help="ALGO:HEX (sha256, sha512, sha1, md5) of the download."),
+        click.option("--max-size", help="Refuse images whose virtual size is larger (e.g. 50G)."),
+    ]
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+@click.group("image")
+def image_group() -> None:
+    """Fetch images into the _base cache."""
+
+
+@image_group.command("fetch")
+@click.argument("source")
+@intake_options("--id")
+@click.pass_context
+def fetch(
+    ctx: click.Context,
+    source: str,
+    image_id: str | None,
+    fmt: str | None,
+    checksum: str | None,
+    max_size: str | None,
+) -> None:
+    """Cache SOURCE (path, file://, http(s)://) in _base, verified and converted to raw."""
+    a = app(ctx)
+    cached = a.host.fetch_image(image_request(source, image_id, fmt, checksum, max_size))
+
+    def human(out: Console) -> None:
+        state = "already cached" if cached.cached else "cached"
+        out.print(f"{state}: {cached.image_id}")
+        out.print(f"  base     {cached.path}")
+        out.print(f"  format   {cached.record.format} (was {cached.record.detected_format})")
+        out.print(f"  size     {format_size(cached.record.virtual_size)}")
+        out.print(f"  sha256   {cached.record.sha256}")
+
+    a.output.emit(cached.to_dict(), human)
+
+
+@click.group("cache")
+def cache_group() -> None:
+    """Inspect and prune the _base cache."""
+
+
+@cache_group.command("list")
+@click.pass_context
+def cache_list(ctx: click.Context) -> None:
+    """List cached bases: image id, format, sizes, last use and users."""
+    from vmdisk.imagecache.listing import list_cache
+
+    a = app(ctx)
+    listing = list_cache(a.host)
+    data = listing.to_dict()
+
+    def human(out: Console) -> None:
+        table = Table("name", "image id", "format", "virtual", "allocated", "last used", "users")
+        for entry in listing.entries:
+            table.add_row(
+                entry.name[:12],
+                entry.image_id or "-",
+                entry.format or "-",
+                format_size(entry.virtual_size) if entry.virtual_size else "-",
+                format_size(entry.allocated),
+                entry.last_used,
+                str(len(entry.users)),
+            )
+        out.print(table)
+        out.print(f"total allocated: {format_size(listing.total_allocated)}")
+
+    a.output.emit(data, human)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(image_group)
+    cli.add_command(cache_group)

@@ -1,0 +1,139 @@
+"""The one exception tree of vmdisk, and the exit code each branch maps to.
+
+VmdiskError                      exit 1; message, optional hint and machine-readable reason
+  SettingsError                  exit 3; bad file, unknown key, value out of range
+  InvalidRequest                 exit 2; a bad name, size, URL or option from the caller
+    InstanceExists               a name or uuid already used on this host
+    FlavorDiskSmallerThanImage   the image does not fit the root disk (exit 1, like Nova)
+  InstanceNotFound
+  ImageError
+    ImageNotFound                the source does not exist or the server said 404
+    ImageFetchError              network or read failure while fetching
+    ImageRefused                 exit 4; the image itself is refused
+      UnsafeImage                backing file, data file, flat extent, mismatch, corrupt...
+      ChecksumMismatch
+      ImageTooLarge              virtual size over --max-size or absurd
+  BackendError
+    InsufficientSpace            the filesystem cannot hold what we are about to write
+    DiskMissing                  an instance disk or its base is gone
+  ToolError                      tool, argv (redacted), exit code, stderr tail
+    ToolNotFound                 executable missing; the hint names the Debian package
+    ToolLimitExceeded            killed by its resource limits or its timeout
+  LockTimeout
+  Interrupted                    exit 130; SIGINT or SIGTERM while working
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+
+class VmdiskError(Exception):
+    """Base of every error the library raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.reason = reason
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": type(self).__name__, "message": self.message, "reason": self.reason}
+
+
+class SettingsError(VmdiskError):
+    exit_code = 3
+
+
+class InvalidRequest(VmdiskError):
+    exit_code = 2
+
+
+class InstanceExists(InvalidRequest):
+    pass
+
+
+class FlavorDiskSmallerThanImage(InvalidRequest):
+    # Nova reports this as an operational failure of the build, not a usage error.
+    exit_code = 1
+
+
+class InstanceNotFound(VmdiskError):
+    pass
+
+
+class ImageError(VmdiskError):
+    pass
+
+
+class ImageNotFound(ImageError):
+    pass
+
+
+class ImageFetchError(ImageError):
+    pass
+
+
+class ImageRefused(ImageError):
+    exit_code = 4
+
+
+class UnsafeImage(ImageRefused):
+    """Reasons: backing-file, data-file, flat-extent, format-mismatch, encrypted, corrupt,
+    too-large, not-an-image."""
+
+
+class ChecksumMismatch(ImageRefused):
+    pass
+
+
+class ImageTooLarge(ImageRefused):
+    pass
+
+
+class BackendError(VmdiskError):
+    pass
+
+
+class InsufficientSpace(BackendError):
+    pass
+
+
+class DiskMissing(BackendError):
+    pass
+
+
+class ToolError(VmdiskError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: Sequence[str] = (),
+        returncode: int | None = None,
+        stderr: str = "",
+        hint: str | None = None,
+        reason: str | None = None,
+    ):
+        super().__init__(message, hint=hint, reason=reason)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class ToolNotFound(ToolError):
+    pass
+
+
+class ToolLimitExceeded(ToolError):
+    pass
+
+
+class LockTimeout(VmdiskError):
+    pass
+
+
+class Interrupted(VmdiskError):
+    exit_code = 130

@@ -1,0 +1,92 @@
+"""Host: the objects of one instances_path, wired once from Settings. The API's front door."""
+
+from __future__ import annotations
+
+from vmdisk import lifecycle
+from vmdisk.fsutil import ensure_real_dir
+from vmdisk.imagecache.locks import Locks
+from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
+from vmdisk.imagecache.templates import TemplateCache
+from vmdisk.instances import Instance, InstanceStore
+from vmdisk.model import InstancePlan, InstanceSpec
+from vmdisk.plan import plan_disks
+from vmdisk.progress import NoProgress, Progress
+from vmdisk.provision import Provisioner
+from vmdisk.settings import Settings
+from vmdisk.tools.qemu_img import QemuImg
+from vmdisk.tools.runner import Limits, Runner, SubprocessRunner
+
+
+class Host:
+    """Everything vmdisk does on this host. Build one per process and reuse it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runner: Runner | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runner: Runner = runner or SubprocessRunner()
+        self.progress = progress or NoProgress()
+        lib = settings.libvirt
+        self.limits = Limits(lib.images_address_space_limit, lib.images_cpu_time_limit)
+        self.qemu = QemuImg(self.runner, self.limits)
+        self.locks = Locks(settings.locks_dir)
+        self.cache = ImageCache(
+            settings.base_dir,
+            self.locks,
+            self.qemu,
+            force_raw=settings.force_raw_images,
+            max_virtual_size=settings.image_cache.max_virtual_size,
+            progress=self.progress,
+        )
+        self.templates = TemplateCache(settings.base_dir, self.locks)
+        reserved = frozenset({settings.image_cache.subdirectory_name, "locks", "compute_nodes"})
+        self.store = InstanceStore(settings.instances_path, self.locks, reserved)
+        self.provisioner = Provisioner(
+            self.cache, self.templates, self.store, self.qemu, self.runner
+        )
+
+    def prepare(self) -> None:
+        """Create instances_path, _base and locks; refuse any of them being a symlink."""
+        ensure_real_dir(self.settings.instances_path)
+        ensure_real_dir(self.settings.base_dir)
+        ensure_real_dir(self.settings.locks_dir)
+
+    def fetch_image(self, request: ImageRequest) -> CachedImage:
+        self.prepare()
+        return self.cache.ensure(request)
+
+    def plan(self, spec: InstanceSpec, request: ImageRequest) -> InstancePlan:
+        image_id, _ = self.cache.identify(request)
+        return plan_disks(spec, self.settings, image_id)
+
+    def create_instance(self, spec: InstanceSpec, request: ImageRequest) -> Instance:
+        plan = self.plan(spec, request)
+        self.prepare()
+        return self.provisioner.create(plan, request)
+
+    def instances(self) -> list[Instance]:
+        return self.store.all()
+
+    def instance(self, ref: str) -> Instance:
+        return self.store.find(ref)
+
+    def delete_instance(self, ref: str) -> Instance:
+        inst = self.store.find(ref)
+        self.store.delete(inst)
+        return inst
+
+    def resize_instance(self, ref: str, root_gb: int | None, ephemeral_gb: int | None) -> Instance:
+        return lifecycle.resize(self.provisioner, self.store.find(ref), root_gb, ephemeral_gb)
+
+    def rescue_instance(self, ref: str, request: ImageRequest | None) -> Instance:
+        inst = self.store.find(ref)
+        request = request or ImageRequest(
+            source=inst.record.image_source or inst.record.image_id, image_id=inst.record.image_id
+        )
+        return lifecycle.rescue(self.provisioner, inst, request)
+
+    def unrescue_instance(self, ref: str) -> Instance:
+        return lifecycle.unrescue(self.provisioner, self.store.find(ref))

@@ -1,0 +1,115 @@
+"""Named inter-process locks under <instances_path>/locks, shared or exclusive.
+
+flock(2) locks belong to an open file description, so they exclude threads of one process
+as well as other processes, and a crash releases them. Lock files are named like Nova's
+(`locks/vmdisk-<cache entry name>`) so hosts sharing instances_path share them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from vmdisk.errors import LockTimeout
+
+PREFIX = "vmdisk-"
+
+
+class Locks:
+    """Factory for the locks of one instances_path."""
+
+    def __init__(self, directory: Path, timeout: float = 3600.0) -> None:
+        self.directory = directory
+        self.timeout = timeout
+
+    def path(self, name: str) -> Path:
+        if "/" in name or name in {"", ".", ".."}:
+            raise ValueError(f"bad lock name {name!r}")
+        return self.directory / f"{PREFIX}{name}"
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str, *, timeout: float | None = None) -> Iterator[None]:
+        with self._hold(name, fcntl.LOCK_EX, self.timeout if timeout is None else timeout):
+            yield
+
+    @contextlib.contextmanager
+    def shared(self, name: str, *, timeout: float | None = None) -> Iterator[None]:
+        with self._hold(name, fcntl.LOCK_SH, self.timeout if timeout is None else timeout):
+            yield
+
+    def try_exclusive(self, name: str) -> contextlib.AbstractContextManager[bool]:
+        """Take the lock only if nobody holds it; yields whether it was taken."""
+        return self._try(name)
+
+    @contextlib.contextmanager
+    def _try(self, name: str) -> Iterator[bool]:
+        fd = self._open(name)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def remove(self, name: str) -> None:
+        """Remove a lock file; only call while holding it exclusively."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path(name).unlink()
+
+    def _open(self, name: str) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(self.path(name), flags, 0o644)
+
+    @contextlib.contextmanager
+    def _hold(self, name: str, mode: int, timeout: float) -> Iterator[None]:
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = self._open(name)
+            _acquire(fd, mode, deadline, name)
+            # The file may have been removed (by a cleaner holding it) while we waited:
+            # a lock on an unlinked inode protects nothing, so start again.
+            if _same_file(fd, self.path(name)):
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+
+def _acquire(fd: int, mode: int, deadline: float, name: str) -> None:
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise
+        if time.monotonic() >= deadline:
+            os.close(fd)
+            raise LockTimeout(
+                f"timed out waiting for lock {name!r}",
+                hint="another vmdisk process is working on the same image; try again later",
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)

@@ -1,0 +1,256 @@
+"""Where image bytes come from: a local file, file://, or http(s):// with resume.
+
+A source only yields bytes; deciding whether they are a safe image is inspect.py's job.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from vmdisk._version import __version__
+from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
+
+CHUNK = 1024 * 1024
+Resolver = Callable[[str], list[str]]
+
+
+@dataclass(slots=True)
+class Opened:
+    """An open byte stream, positioned at the offset asked for."""
+
+    chunks: Iterator[bytes]
+    total: int | None  # the whole image's size, when the source knows it
+    resumable: bool
+
+
+class ImageSource(Protocol):
+    """The seam intake reads through; tests give typed fakes."""
+
+    @property
+    def display(self) -> str: ...  # safe to print: no credentials
+
+    def normalised(self) -> str: ...  # the default image id
+
+    def open(self, offset: int = 0) -> Opened: ...
+
+
+class TransientFetchError(Exception):
+    """A cut connection or stall: the caller may resume from where it got to."""
+
+
+class LocalFileSource:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(os.path.abspath(path))
+
+    @property
+    def display(self) -> str:
+        return str(self.path)
+
+    def normalised(self) -> str:
+        return f"file://{self.path}"
+
+    def open(self, offset: int = 0) -> Opened:
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError as exc:
+            raise ImageNotFound(f"image file not found: {self.path}", reason="not-found") from exc
+        except IsADirectoryError as exc:
+            raise InvalidRequest(f"{self.path} is a directory, not an image") from exc
+        except PermissionError as exc:
+            raise ImageFetchError(f"cannot read {self.path}: permission denied") from exc
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(offset)
+        return Opened(_read_chunks(fh), size, resumable=True)
+
+
+def _read_chunks(fh: BinaryIO) -> Iterator[bytes]:
+    with fh:
+        while chunk := fh.read(CHUNK):
+            yield chunk
+
+
+def _system_resolver(host: str) -> list[str]:
+    try:
+        return [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+    except socket.gaierror:
+        return []
+
+
+def _is_internal(address: str) -> bool:
+    """Loopback, link-local (169.254.169.254 is the metadata service), or unspecified."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"****@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_redirect(source: str, target: str, resolve: Resolver = _system_resolver) -> None:
+    """Refuse a redirect that leaves http(s), downgrades https, or turns inward.
+
+    A server on the internet must not be able to point us at the host itself or at the
+    metadata service (SSRF); a loopback server (tests, local mirrors) may.
+    """
+    src, dst = urlsplit(source), urlsplit(target)
+    if dst.scheme not in ("http", "https"):
+        raise ImageFetchError(
+            f"refused redirect to a {dst.scheme or 'relative'}: URL ({redact_url(target)})",
+            reason="redirect-refused",
+        )
+    if src.scheme == "https" and dst.scheme == "http":
+        raise ImageFetchError(
+            f"refused redirect from https to http ({redact_url(target)})", reason="redirect-refused"
+        )
+    src_host, dst_host = src.hostname or "", dst.hostname or ""
+    if all(_is_internal(a) for a in resolve(src_host) or [src_host]):
+        return
+    if any(_is_internal(a) for a in resolve(dst_host) or [dst_host]):
+        raise ImageFetchError(
+            f"refused redirect from {src_host} to internal address {dst_host}",
+            reason="redirect-refused",
+        )
+
+
+class HttpSource:
+    """Streams an http(s) image; follows at most `max_redirects`, each checked."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 10.0,
+        stall_timeout: float = 30.0,
+        max_redirects: int = 5,
+        resolve: Resolver = _system_resolver,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.stall_timeout = stall_timeout
+        self.max_redirects = max_redirects
+        self.resolve = resolve
+        self.headers = headers or {}
+        self.session = requests.Session()
+        self.session.trust_env = False  # no netrc or proxy surprises in a host tool
+
+    @property
+    def display(self) -> str:
+        return redact_url(self.url)
+
+    def normalised(self) -> str:
+        parts = urlsplit(self.url)
+        host = (parts.hostname or "").lower()
+        default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+        port = f":{parts.port}" if parts.port and parts.port != default else ""
+        return urlunsplit((parts.scheme.lower(), host + port, parts.path or "/", parts.query, ""))
+
+    def open(self, offset: int = 0) -> Opened:
+        headers = {"Accept-Encoding": "identity", "User-Agent": f"vmdisk/{__version__}"}
+        headers.update(self.headers)
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        response = self._follow(headers)
+        if offset and response.status_code != 206:
+            response.close()
+            raise TransientFetchError("server does not support resuming (no 206 answer)")
+        length = response.headers.get("Content-Length")
+        total = int(length) + offset if length and length.isdigit() else None
+        resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" or offset > 0
+        return Opened(self._stream(response), total, resumable)
+
+    def _follow(self, headers: dict[str, str]) -> requests.Response:
+        url = self.url
+        for _ in range(self.max_redirects + 1):
+            try:
+                response = self.session.get(
+                    url,
+                    headers=headers,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(self.connect_timeout, self.stall_timeout),
+                )
+            except requests.exceptions.ConnectionError as exc:
+                raise ImageFetchError(
+                    f"cannot connect to {redact_url(url)}", reason="connection-failed"
+                ) from exc
+            except requests.exceptions.Timeout as exc:
+                raise TransientFetchError(f"timed out talking to {redact_url(url)}") from exc
+            except requests.exceptions.RequestException as exc:
+                raise ImageFetchError(f"cannot fetch {redact_url(url)}: {exc}") from exc
+            if response.is_redirect:
+                target = urljoin(url, response.headers.get("Location", ""))
+                response.close()
+                check_redirect(url, target, self.resolve)
+                url = target
+                headers.pop("Authorization", None)
+                continue
+            _raise_for_status(response, url)
+            return response
+        raise ImageFetchError(
+            f"more than {self.max_redirects} redirects from {self.display}",
+            reason="redirect-refused",
+        )
+
+    def _stream(self, response: requests.Response) -> Iterator[bytes]:
+        try:
+            # decode_content=False: never inflate a Content-Encoding (a decompression bomb).
+            yield from response.raw.stream(CHUNK, decode_content=False)
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+            raise TransientFetchError(f"download from {self.display} was cut: {exc}") from exc
+        finally:
+            response.close()
+
+
+def _raise_for_status(response: requests.Response, url: str) -> None:
+    status = response.status_code
+    if status in (200, 206):
+        return
+    response.close()
+    shown = redact_url(url)
+    if status == 404:
+        raise ImageNotFound(f"image not found: {shown} (HTTP 404)", reason="not-found")
+    if status in (401, 403):
+        raise ImageFetchError(f"access denied to {shown} (HTTP {status})", reason="forbidden")
+    raise ImageFetchError(f"cannot fetch {shown}: HTTP {status}", reason=f"http-{status}")
+
+
+def open_source(text: str) -> ImageSource:
+    """Turn what the user typed into a source; refuse schemes we never read."""
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise InvalidRequest(f"not a valid URL: {redact_url(text)}")
+        return HttpSource(text)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidRequest(f"file: URLs must name a local path: {text}")
+        return LocalFileSource(Path(unquote(parts.path)))
+    if scheme and len(scheme) > 1:  # "C:" style paths do not exist here; anything else is a URL
+        raise InvalidRequest(
+            f"unsupported image source scheme {scheme!r}",
+            hint="use a local path, file://, http:// or https://",
+            reason="bad-scheme",
+        )
+    if not text:
+        raise InvalidRequest("an image source is required")
+    return LocalFileSource(Path(text))

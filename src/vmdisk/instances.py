@@ -1,0 +1,181 @@
+"""Instance records (`<uuid>/instance.json`), lookup by name or uuid, reservation and removal.
+
+An instance exists once its directory `<instances_path>/<uuid>` exists: it is built under
+`.building-<uuid>` and renamed into place as the last step, so a crash leaves nothing that
+`list` shows. A build holds `locks/vmdisk-build-<uuid>`; a build directory whose lock is free
+belongs to a dead process and is removed by the next create or prune.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmdisk.errors import InstanceExists, InstanceNotFound, InvalidRequest
+from vmdisk.fsutil import fsync_dir, write_atomic
+from vmdisk.imagecache.locks import Locks
+from vmdisk.model import NAME_RE
+
+RECORD = "instance.json"
+BUILDING = ".building-"
+DELETING = ".deleting-"
+NAMES_LOCK = "instance-names"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    name: str
+    uuid: str
+    backend: str
+    flavor: dict[str, Any]
+    image_id: str
+    image_base: str
+    os_type: str
+    disks: list[dict[str, Any]]
+    created_at: str
+    config_drive: dict[str, Any] | None = None
+    rescue: dict[str, Any] | None = None
+    kernel: dict[str, Any] | None = None
+    ramdisk: dict[str, Any] | None = None
+    cmdline: str | None = None
+    image_source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> InstanceRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
+
+    def bases(self) -> set[str]:
+        """Every _base entry this instance's disks were made from (for the cache cleaner)."""
+        names = {self.image_base}
+        names.update(d["base"] for d in self.disks if d.get("base"))
+        for extra in (self.rescue, self.kernel, self.ramdisk):
+            if extra and extra.get("base"):
+                names.add(extra["base"])
+        return names
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    path: Path
+    record: InstanceRecord
+
+
+class InstanceStore:
+    def __init__(self, instances_path: Path, locks: Locks, reserved: frozenset[str]) -> None:
+        self.root = instances_path
+        self.locks = locks
+        self.reserved = reserved  # _base, locks: directories that are never instances
+
+    def all(self) -> list[Instance]:
+        found = []
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name in self.reserved:
+                continue
+            try:
+                record = InstanceRecord.from_json((Path(entry.path) / RECORD).read_bytes())
+            except (OSError, ValueError, TypeError):
+                continue
+            if record.uuid == entry.name:
+                found.append(Instance(Path(entry.path), record))
+        return sorted(found, key=lambda i: i.record.name)
+
+    def find(self, ref: str) -> Instance:
+        if not ref or "/" in ref or "\x00" in ref:
+            raise InvalidRequest(f"invalid instance name or uuid {ref!r}", reason="bad-name")
+        for inst in self.all():
+            if ref in (inst.record.name, inst.record.uuid):
+                return inst
+        raise InstanceNotFound(
+            f"no instance named {ref!r}",
+            reason="not-found",
+            hint="vmdisk list shows the instances on this host",
+        )
+
+    @contextlib.contextmanager
+    def reserve(self, name: str, uuid: str) -> Iterator[Path]:
+        """A build directory for a new instance; removed again if the block fails."""
+        with contextlib.ExitStack() as stack:
+            with self.locks.exclusive(NAMES_LOCK):
+                self.reap()
+                self._check_free(name, uuid)
+                build = self.root / f"{BUILDING}{uuid}"
+                build.mkdir(mode=0o755)
+                (build / ".name").write_text(name)
+                stack.enter_context(self.locks.exclusive(f"build-{uuid}"))
+            try:
+                yield build
+            except BaseException:
+                shutil.rmtree(build, ignore_errors=True)
+                raise
+            self.locks.remove(f"build-{uuid}")  # still held: nobody can be waiting on it
+
+    def publish(self, build: Path, final: Path) -> None:
+        with self.locks.exclusive(NAMES_LOCK):
+            if final.exists():
+                raise InstanceExists(f"{final} appeared while building", reason="exists")
+            os.rename(build, final)
+            (final / ".name").unlink(missing_ok=True)
+            fsync_dir(self.root)
+
+    def write_record(self, directory: Path, record: InstanceRecord) -> None:
+        write_atomic(directory / RECORD, record.to_json())
+
+    def delete(self, inst: Instance) -> None:
+        """Rename out of sight first (atomic), then remove; never touches _base."""
+        doomed = self.root / f"{DELETING}{inst.record.uuid}-{secrets.token_hex(4)}"
+        os.rename(inst.path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def reap(self) -> list[str]:
+        """Remove build directories of dead processes and half-deleted instances."""
+        removed = []
+        for entry in list(os.scandir(self.root)) if self.root.exists() else []:
+            if entry.name.startswith(DELETING):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+            elif entry.name.startswith(BUILDING):
+                uuid = entry.name[len(BUILDING) :]
+                with self.locks.try_exclusive(f"build-{uuid}") as free:
+                    if free:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        self.locks.remove(f"build-{uuid}")
+                        removed.append(entry.name)
+        return removed
+
+    def _check_free(self, name: str, uuid: str) -> None:
+        if not NAME_RE.fullmatch(name):
+            raise InvalidRequest(f"invalid instance name {name!r}", reason="bad-name")
+        for inst in self.all():
+            if inst.record.name == name:
+                raise InstanceExists(
+                    f"an instance named {name!r} exists ({inst.record.uuid})", reason="exists"
+                )
+            if inst.record.uuid == uuid:
+                raise InstanceExists(
+                    f"uuid {uuid} is already used by {inst.record.name!r}", reason="exists"
+                )
+        if (self.root / uuid).exists():
+            raise InstanceExists(f"{self.root / uuid} already exists", reason="exists")
+        for entry in self.root.glob(f"{BUILDING}*"):
+            with contextlib.suppress(OSError):
+                if (entry / ".name").read_text() == name:
+                    raise InstanceExists(
+                        f"an instance named {name!r} is being created", reason="exists"
+                    )

@@ -1,0 +1,181 @@
+"""plan_disks(): names, sizes, formats and cache entries of an instance's disks. Pure.
+
+Everything `vmdisk create --dry-run` prints comes from here, and unit tests assert on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from vmdisk.errors import InvalidRequest
+from vmdisk.imagecache.records import cache_name
+from vmdisk.model import (
+    BackendName,
+    ConfigDriveSpec,
+    DiskPlan,
+    DiskRole,
+    InstancePlan,
+    InstanceSpec,
+    OsType,
+)
+from vmdisk.settings import Settings
+from vmdisk.units import GiB, MiB
+
+#: Nova's default ephemeral file system by os_type (privsep/fs.py).
+DEFAULT_FS = {OsType.LINUX: "ext4", OsType.WINDOWS: "ntfs"}
+FALLBACK_FS = "vfat"
+
+
+def choose_backend(requested: BackendName | None, settings: Settings) -> BackendName:
+    """`--backend`, else `[libvirt] images_type`, where "default" means qcow2 iff use_cow_images."""
+    if requested is not None:
+        return requested
+    kind = settings.libvirt.images_type
+    if kind == "default":
+        return BackendName.QCOW2 if settings.use_cow_images else BackendName.FLAT
+    return BackendName.FLAT if kind in ("raw", "flat") else BackendName(kind)
+
+
+def ephemeral_fs(os_type: OsType, settings: Settings) -> tuple[str, str | None]:
+    """(file system, custom mkfs command or None) as Nova picks them."""
+    commands = settings.mkfs_commands()
+    command = commands.get(str(os_type)) or commands.get("default")
+    fs = settings.default_ephemeral_format or DEFAULT_FS.get(os_type, FALLBACK_FS)
+    return fs, command
+
+
+def ephemeral_base_name(
+    size_gb: int, fs: str, command: str | None, label: str = "ephemeral0"
+) -> str:
+    """`ephemeral_<GB>_<md5(command or fs)[:7]>`: the hash, not os_type, names it (bug 1253980).
+
+    The label is baked into the template, so a second ephemeral (label ephemeral1) hashes the
+    label in too; Nova's name collides there and hands disk.eph1 the label ephemeral0.
+    """
+    key = command or fs
+    if label != "ephemeral0":
+        key = f"{key}:{label}"
+    digest = hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()[:7]
+    return f"ephemeral_{size_gb}_{digest}"
+
+
+def swap_base_name(size_mb: int) -> str:
+    return f"swap_{size_mb}"
+
+
+def plan_disks(spec: InstanceSpec, settings: Settings, image_id: str) -> InstancePlan:
+    backend = choose_backend(spec.backend, settings)
+    instance_dir = settings.instances_path / spec.uuid
+    cow = backend is BackendName.QCOW2
+    fmt = "qcow2" if cow else "raw"
+    flavor = spec.flavor
+    _check_sizes(spec)
+    image_base = cache_name(image_id)
+    disks = [
+        DiskPlan(
+            "disk",
+            DiskRole.ROOT,
+            instance_dir / "disk",
+            fmt,
+            flavor.root_gb * GiB or None,
+            base=image_base,
+        )
+    ]
+    fs, command = ephemeral_fs(spec.os_type, settings)
+    ephemerals = [(f"disk.eph{i}", gb) for i, gb in enumerate(spec.ephemerals)]
+    if not ephemerals and flavor.ephemeral_gb:
+        ephemerals = [("disk.local", flavor.ephemeral_gb)]
+    for index, (name, gb) in enumerate(ephemerals):
+        disks.append(
+            DiskPlan(
+                name,
+                DiskRole.EPHEMERAL,
+                instance_dir / name,
+                fmt,
+                gb * GiB,
+                base=ephemeral_base_name(gb, fs, command, f"ephemeral{index}") if cow else None,
+                fs=fs,
+                label=f"ephemeral{index}",
+                mkfs_command=command,
+            )
+        )
+    if flavor.swap_mb:
+        disks.append(
+            DiskPlan(
+                "disk.swap",
+                DiskRole.SWAP,
+                instance_dir / "disk.swap",
+                fmt,
+                flavor.swap_mb * MiB,
+                base=swap_base_name(flavor.swap_mb) if cow else None,
+            )
+        )
+    drive = _config_drive(spec, settings)
+    if drive is not None:
+        disks.append(
+            DiskPlan(
+                "disk.config",
+                DiskRole.CONFIG,
+                instance_dir / "disk.config",
+                "raw",
+                None,
+                label="cidata" if drive.seed == "nocloud" else "config-2",
+            )
+        )
+    return InstancePlan(
+        name=spec.name,
+        uuid=spec.uuid,
+        instance_dir=instance_dir,
+        base_dir=settings.base_dir,
+        backend=backend,
+        flavor=flavor,
+        image_id=image_id,
+        image_base=image_base,
+        os_type=spec.os_type,
+        disks=tuple(disks),
+        preallocate=settings.preallocate_images == "space",
+        config_drive=drive,
+    )
+
+
+def plan_rescue(instance_dir: Path, backend: BackendName, image_id: str) -> DiskPlan:
+    """disk.rescue: an overlay (or copy) of the rescue image at the image's own size."""
+    fmt = "qcow2" if backend is BackendName.QCOW2 else "raw"
+    return DiskPlan(
+        "disk.rescue",
+        DiskRole.RESCUE,
+        instance_dir / "disk.rescue",
+        fmt,
+        None,
+        base=cache_name(image_id),
+    )
+
+
+def _config_drive(spec: InstanceSpec, settings: Settings) -> ConfigDriveSpec | None:
+    if spec.config_drive is not None:
+        return spec.config_drive
+    if settings.force_config_drive:
+        return ConfigDriveSpec(format=settings.config_drive_format)
+    return None
+
+
+def _check_sizes(spec: InstanceSpec) -> None:
+    flavor = spec.flavor
+    for what, value in (("vcpus", flavor.vcpus), ("memory_mb", flavor.memory_mb)):
+        if value < 1:
+            raise InvalidRequest(f"{what} must be at least 1, got {value}", reason="bad-size")
+    for what, value in (
+        ("root_gb", flavor.root_gb),
+        ("ephemeral_gb", flavor.ephemeral_gb),
+        ("swap_mb", flavor.swap_mb),
+        *(("ephemeral", g) for g in spec.ephemerals),
+    ):
+        if value < 0:
+            raise InvalidRequest(f"{what} cannot be negative, got {value}", reason="bad-size")
+        if value > 1024 * 1024:  # 1 PiB in GiB (or 1 TiB of swap in MiB): beyond any host
+            raise InvalidRequest(f"{what} {value} is absurdly large", reason="bad-size")
+    if any(g == 0 for g in spec.ephemerals):
+        raise InvalidRequest(
+            "an extra ephemeral disk needs a size of at least 1 GiB", reason="bad-size"
+        )
