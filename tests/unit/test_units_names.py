@@ -69,7 +69,7 @@ def test_good_names(name: str) -> None:
         "-rf",
         "x" * 64,
         "x" * 300,
-        "wеb",  # Cyrillic е: a look-alike
+        "w\u0435b",  # Cyrillic ie: a look-alike
         "a b",
         "a/b",
     ],
