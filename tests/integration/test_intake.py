@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import struct
 import tarfile
 from collections.abc import Callable
@@ -65,7 +67,7 @@ def polyglot(tmp: Path, secret: Path) -> Path:
     """An ISO9660 whose system area holds a qcow2 header with a backing file."""
     iso = pycdlib.PyCdlib()
     iso.new(vol_ident="POLY")
-    iso.add_fp(__import__("io").BytesIO(b"x" * 4096), 4096, "/A.;1")
+    iso.add_fp(io.BytesIO(b"x" * 4096), 4096, "/A.;1")
     path = tmp / "poly.iso"
     iso.write(str(path))
     bad = qcow2(tmp, "inner.qcow2", "-u", "-b", str(secret), "-F", "raw")
@@ -122,8 +124,8 @@ HOSTILE: dict[str, tuple[str, Callable[[Path, Path], Path]]] = {
             f'createType="monolithicFlat"\nRW 8 FLAT "{s}" 0\n'.encode().ljust(1024, b"\n"),
         ),
     ),
-    "vmdk-capacity-zero": ("flat-extent", lambda t, s: kdmv_capacity_zero(t, s)),
-    "iso-qcow2-polyglot": ("format-mismatch", lambda t, s: polyglot(t, s)),
+    "vmdk-capacity-zero": ("flat-extent", kdmv_capacity_zero),
+    "iso-qcow2-polyglot": ("format-mismatch", polyglot),
     "qcow-v1": ("format-mismatch", lambda t, s: _qemu_create(t / "v1.qcow", "qcow")),
     "qed": ("format-mismatch", lambda t, s: _qemu_create(t / "x.qed", "qed")),
     "vdi": ("format-mismatch", lambda t, s: _qemu_create(t / "x.vdi", "vdi")),
@@ -161,7 +163,7 @@ HOSTILE: dict[str, tuple[str, Callable[[Path, Path], Path]]] = {
         "not-an-image",
         lambda t, s: _write(t / "x.qcow2.gz", gzip.compress(qcow2(t, "g.qcow2").read_bytes())),
     ),
-    "tar": ("not-an-image", lambda t, s: _tar(t, s)),
+    "tar": ("not-an-image", lambda t, s: _tar(t, s)),  # noqa: PLW0108 - defined below
     "html": (
         "not-an-image",
         lambda t, s: _write(
@@ -251,7 +253,7 @@ def test_checksum_mismatch_caches_nothing(tmp_path: Path, host: Host) -> None:
         host.fetch_image(ImageRequest(str(image), checksum=wrong))
     assert err.value.reason == "checksum-mismatch"
     assert list(host.settings.base_dir.iterdir()) == []
-    right = Checksum("sha512", __import__("hashlib").sha512(image.read_bytes()).hexdigest())
+    right = Checksum("sha512", hashlib.sha512(image.read_bytes()).hexdigest())
     assert host.fetch_image(ImageRequest(str(image), checksum=right)).record.format == "raw"
 
 
@@ -303,9 +305,7 @@ def test_benign_formats_become_raw_bases(case: str, tmp_path: Path, host: Host) 
 def test_iso_is_cached_as_is(tmp_path: Path, host: Host) -> None:
     iso = pycdlib.PyCdlib()
     iso.new(vol_ident="INSTALL", joliet=3)
-    iso.add_fp(
-        __import__("io").BytesIO(b"hello" * 1000), 5000, "/HELLO.TXT;1", joliet_path="/hello.txt"
-    )
+    iso.add_fp(io.BytesIO(b"hello" * 1000), 5000, "/HELLO.TXT;1", joliet_path="/hello.txt")
     path = tmp_path / "install.iso"
     iso.write(str(path))
     cached = host.fetch_image(ImageRequest(str(path), declared_format="iso"))
