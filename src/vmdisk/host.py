@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 from vmdisk import lifecycle
 from vmdisk.fsutil import ensure_real_dir
 from vmdisk.imagecache.locks import Locks
+from vmdisk.imagecache.sources import open_source
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.instances import Instance, InstanceStore
@@ -39,6 +42,11 @@ class Host:
             self.qemu,
             force_raw=settings.force_raw_images,
             max_virtual_size=settings.image_cache.max_virtual_size,
+            sources=functools.partial(
+                open_source,
+                connect_timeout=settings.image_cache.download_connect_timeout,
+                stall_timeout=settings.image_cache.download_stall_timeout,
+            ),
             progress=self.progress,
         )
         self.templates = TemplateCache(settings.base_dir, self.locks)

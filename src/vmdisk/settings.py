@@ -63,6 +63,8 @@ class ImageCacheSettings:
     max_size: int | None = _kind("size?", None)
     max_virtual_size: int = _kind("size", 4096 * GiB)
     manager_interval: int = _kind("int", 2400)
+    download_connect_timeout: int = _kind("int", 10)
+    download_stall_timeout: int = _kind("int", 30)
 
 
 @dataclass(frozen=True, slots=True)

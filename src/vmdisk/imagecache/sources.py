@@ -233,14 +233,15 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
     raise ImageFetchError(f"cannot fetch {shown}: HTTP {status}", reason=f"http-{status}")
 
 
-def open_source(text: str) -> ImageSource:
+def open_source(text: str, *, connect_timeout: float = 10.0,
+                stall_timeout: float = 30.0) -> ImageSource:
     """Turn what the user typed into a source; refuse schemes we never read."""
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
         if not parts.hostname:
             raise InvalidRequest(f"not a valid URL: {redact_url(text)}")
-        return HttpSource(text)
+        return HttpSource(text, connect_timeout=connect_timeout, stall_timeout=stall_timeout)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise InvalidRequest(f"file: URLs must name a local path: {text}")
