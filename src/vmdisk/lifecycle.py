@@ -52,6 +52,7 @@ def summary(inst: Instance) -> dict[str, Any]:
         "backend": r.backend,
         "flavor": r.flavor,
         "image_id": r.image_id,
+        "image_base": r.image_base,
         "created_at": r.created_at,
         "os_type": r.os_type,
     }

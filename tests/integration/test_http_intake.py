@@ -27,8 +27,9 @@ BODY = os.urandom(3 * MiB) + bytes(5 * MiB)
 
 @pytest.fixture
 def host(settings: Settings) -> Host:
-    fast = dataclasses.replace(settings.image_cache, download_stall_timeout=1,
-                               download_connect_timeout=2)
+    fast = dataclasses.replace(
+        settings.image_cache, download_stall_timeout=1, download_connect_timeout=2
+    )
     h = Host(dataclasses.replace(settings, image_cache=fast))
     h.prepare()
     return h
@@ -41,8 +42,9 @@ def base_files(host: Host) -> list[str]:
 def test_plain_download_is_sparse_and_verified(host: Host) -> None:
     with serve({"/img.raw": Route(BODY)}) as srv:
         digest = hashlib.sha256(BODY).hexdigest()
-        cached = host.fetch_image(ImageRequest(srv.url("/img.raw"),
-                                               checksum=Checksum("sha256", digest)))
+        cached = host.fetch_image(
+            ImageRequest(srv.url("/img.raw"), checksum=Checksum("sha256", digest))
+        )
         assert srv.hits["/img.raw"] == 1
     assert sha256(cached.path) == digest
     assert cached.path.stat().st_blocks * 512 < 4 * MiB  # the 5 MiB of zeros are a hole
@@ -57,13 +59,21 @@ def test_allowed_redirect_chain_of_five(host: Host) -> None:
     assert sha256(cached.path) == hashlib.sha256(BODY).hexdigest()
 
 
-@pytest.mark.parametrize(("routes", "start"), [
-    ({"/a": Route(status=302, location="file:///etc/passwd")}, "/a"),
-    ({"/a": Route(status=301, location="ftp://127.0.0.1/x")}, "/a"),
-    ({"/a": Route(status=302, location="/b"), "/b": Route(status=302, location="/a")}, "/a"),
-    ({**{f"/r{i}": Route(status=302, location=f"/r{i + 1}") for i in range(6)},
-      "/r6": Route(BODY)}, "/r0"),
-])
+@pytest.mark.parametrize(
+    ("routes", "start"),
+    [
+        ({"/a": Route(status=302, location="file:///etc/passwd")}, "/a"),
+        ({"/a": Route(status=301, location="ftp://127.0.0.1/x")}, "/a"),
+        ({"/a": Route(status=302, location="/b"), "/b": Route(status=302, location="/a")}, "/a"),
+        (
+            {
+                **{f"/r{i}": Route(status=302, location=f"/r{i + 1}") for i in range(6)},
+                "/r6": Route(BODY),
+            },
+            "/r0",
+        ),
+    ],
+)
 def test_refused_redirects(host: Host, routes: dict[str, Route], start: str) -> None:
     with serve(routes) as srv, pytest.raises(ImageFetchError) as err:
         host.fetch_image(ImageRequest(srv.url(start)))
@@ -79,31 +89,39 @@ def test_resume_after_a_cut(host: Host) -> None:
 
 
 def test_truncated_without_range_support_fails_clean(host: Host) -> None:
-    with serve({"/img": Route(BODY, cut_after=MiB, ranges=False, cut_times=10)}) as srv, \
-            pytest.raises(ImageFetchError):
+    with (
+        serve({"/img": Route(BODY, cut_after=MiB, ranges=False, cut_times=10)}) as srv,
+        pytest.raises(ImageFetchError),
+    ):
         host.fetch_image(ImageRequest(srv.url("/img")))
     assert base_files(host) == []
 
 
 def test_content_length_that_claims_more(host: Host) -> None:
-    with serve({"/img": Route(BODY[:MiB], claim_length=2 * MiB, ranges=False)}) as srv, \
-            pytest.raises(ImageFetchError):
+    with (
+        serve({"/img": Route(BODY[:MiB], claim_length=2 * MiB, ranges=False)}) as srv,
+        pytest.raises(ImageFetchError),
+    ):
         host.fetch_image(ImageRequest(srv.url("/img")))
     assert base_files(host) == []
 
 
 def test_content_length_that_claims_less_is_caught_by_checksum(host: Host) -> None:
     digest = hashlib.sha256(BODY).hexdigest()
-    with serve({"/img": Route(BODY, claim_length=MiB, ranges=False)}) as srv, \
-            pytest.raises(ChecksumMismatch):
+    with (
+        serve({"/img": Route(BODY, claim_length=MiB, ranges=False)}) as srv,
+        pytest.raises(ChecksumMismatch),
+    ):
         host.fetch_image(ImageRequest(srv.url("/img"), checksum=Checksum("sha256", digest)))
     assert base_files(host) == []
 
 
 def test_stall_timeout(host: Host) -> None:
     start = time.monotonic()
-    with serve({"/img": Route(BODY, stall_after=4096, ranges=False)}) as srv, \
-            pytest.raises(ImageFetchError):
+    with (
+        serve({"/img": Route(BODY, stall_after=4096, ranges=False)}) as srv,
+        pytest.raises(ImageFetchError),
+    ):
         host.fetch_image(ImageRequest(srv.url("/img")))
     assert time.monotonic() - start < 15
     assert base_files(host) == []
@@ -121,8 +139,12 @@ def test_http_errors(host: Host) -> None:
 def test_html_error_page_and_gzip_encoding_are_not_images(host: Host) -> None:
     page = b"<html><body>maintenance</body></html>" * 100
     bomb = gzip.compress(bytes(50 * MiB))
-    with serve({"/page": Route(page, content_type="text/html"),
-                "/gz": Route(bomb, content_type="application/gzip")}) as srv:
+    with serve(
+        {
+            "/page": Route(page, content_type="text/html"),
+            "/gz": Route(bomb, content_type="application/gzip"),
+        }
+    ) as srv:
         for path in ("/page", "/gz"):
             with pytest.raises(UnsafeImage) as err:
                 host.fetch_image(ImageRequest(srv.url(path)))
@@ -132,10 +154,20 @@ def test_html_error_page_and_gzip_encoding_are_not_images(host: Host) -> None:
 
 def test_concurrent_processes_download_once(host: Host, tmp_path: Path) -> None:
     with serve({"/img": Route(BODY)}) as srv:
-        cmd = [sys.executable, "-m", "vmdisk", "--json", "--instances-path",
-               str(host.settings.instances_path), "image", "fetch", srv.url("/img")]
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for _ in range(6)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vmdisk",
+            "--json",
+            "--instances-path",
+            str(host.settings.instances_path),
+            "image",
+            "fetch",
+            srv.url("/img"),
+        ]
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)
+        ]
         results = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0] * 6, results
         assert srv.hits["/img"] == 1

@@ -27,8 +27,9 @@ def test_address_space_limit_kills_a_greedy_child() -> None:
 
 def test_cpu_limit_kills_a_spinning_child() -> None:
     with pytest.raises(ToolLimitExceeded) as err:
-        SubprocessRunner().run([sys.executable, "-c", "while True: pass"],
-                               limits=Limits(cpu_seconds=1), timeout=30)
+        SubprocessRunner().run(
+            [sys.executable, "-c", "while True: pass"], limits=Limits(cpu_seconds=1), timeout=30
+        )
     assert err.value.reason == "resource-limit"
 
 
@@ -57,11 +58,17 @@ def test_qemu_img_verbs_on_real_files(tmp_path: Path) -> None:
     base = tmp_path / "base.raw"
     base.write_bytes(b"\x11" * MiB)
     overlay = tmp_path / "disk"
-    q.create(overlay, "qcow2", 64 * MiB, backing_file=base, backing_format="raw",
-             cluster_size=65536)
+    q.create(
+        overlay, "qcow2", 64 * MiB, backing_file=base, backing_format="raw", cluster_size=65536
+    )
     info = q.info(overlay, "qcow2")
-    assert (info.format, info.virtual_size, info.backing_file, info.backing_format,
-            info.cluster_size) == ("qcow2", 64 * MiB, str(base), "raw", 65536)
+    assert (
+        info.format,
+        info.virtual_size,
+        info.backing_file,
+        info.backing_format,
+        info.cluster_size,
+    ) == ("qcow2", 64 * MiB, str(base), "raw", 65536)
     assert qemu_info(overlay, "qcow2")["backing-filename-format"] == "raw"
     q.resize(overlay, "qcow2", 128 * MiB)
     assert q.info(overlay, "qcow2").virtual_size == 128 * MiB

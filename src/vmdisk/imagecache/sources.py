@@ -233,8 +233,9 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
     raise ImageFetchError(f"cannot fetch {shown}: HTTP {status}", reason=f"http-{status}")
 
 
-def open_source(text: str, *, connect_timeout: float = 10.0,
-                stall_timeout: float = 30.0) -> ImageSource:
+def open_source(
+    text: str, *, connect_timeout: float = 10.0, stall_timeout: float = 30.0
+) -> ImageSource:
     """Turn what the user typed into a source; refuse schemes we never read."""
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
