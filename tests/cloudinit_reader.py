@@ -43,7 +43,7 @@ def config_drive(path):
 
 
 def nocloud(path):
-    md, ud, vd = util.read_seeded(base=path.rstrip("/") + "/", timeout=1, retries=0)
+    md, ud, _vd = util.read_seeded(base=path.rstrip("/") + "/", timeout=1, retries=0)
     try:
         network = util.load_yaml(util.load_file(path + "/network-config"))
     except OSError:
