@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
 
 from vmdisk.imagecache.sources import Opened
 from vmdisk.tools.runner import CommandResult, Limits
@@ -27,6 +29,9 @@ class FakeRunner:
     answers: dict[tuple[str, ...], Answer] = field(default_factory=dict)
     calls: int = 0
     seen: list[tuple[list[str], Limits | None]] = field(default_factory=list)
+
+    def spawn(self, argv: Sequence[str], *, output: Path | None = None) -> NoReturn:
+        raise NotImplementedError("FakeRunner does not start processes")
 
     def run(
         self,

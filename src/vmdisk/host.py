@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
-from vmdisk import lifecycle
-from vmdisk.fsutil import ensure_real_dir
+import platformdirs
+
+from vmdisk import diskinfo, lifecycle
+from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
+from vmdisk.fsutil import direct_io_supported, ensure_real_dir
 from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.sources import open_source
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.instances import Instance, InstanceStore
-from vmdisk.model import InstancePlan, InstanceSpec
+from vmdisk.libvirt import probe
+from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain, parse_network
+from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
 from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress
-from vmdisk.provision import Provisioner
+from vmdisk.provision import Provisioner, check_disks_present, write_domain_xml
 from vmdisk.settings import Settings
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Limits, Runner, SubprocessRunner
@@ -53,8 +60,22 @@ class Host:
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", "compute_nodes"})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
         self.provisioner = Provisioner(
-            self.cache, self.templates, self.store, self.qemu, self.runner
+            self.cache, self.templates, self.store, self.qemu, self.runner, self.host_facts
         )
+        self._facts: HostFacts | None = None
+
+    def host_facts(self) -> HostFacts:
+        """KVM or TCG, O_DIRECT, machine and network: decided once per process."""
+        if self._facts is None:
+            lib = self.settings.libvirt
+            self.prepare()
+            self._facts = HostFacts(
+                virt_type=probe.virt_type(self.runner, lib.virt_type, cache_dir()),
+                machine=lib.machine_type,
+                direct_io=direct_io_supported(self.settings.instances_path),
+                interface=parse_network(lib.network),
+            )
+        return self._facts
 
     def prepare(self) -> None:
         """Create instances_path, _base and locks; refuse any of them being a symlink."""
@@ -87,14 +108,71 @@ class Host:
         return inst
 
     def resize_instance(self, ref: str, root_gb: int | None, ephemeral_gb: int | None) -> Instance:
-        return lifecycle.resize(self.provisioner, self.store.find(ref), root_gb, ephemeral_gb)
+        inst = lifecycle.resize(self.provisioner, self.store.find(ref), root_gb, ephemeral_gb)
+        write_domain_xml(inst, self.host_facts())
+        return inst
 
     def rescue_instance(self, ref: str, request: ImageRequest | None) -> Instance:
         inst = self.store.find(ref)
         request = request or ImageRequest(
             source=inst.record.image_source or inst.record.image_id, image_id=inst.record.image_id
         )
-        return lifecycle.rescue(self.provisioner, inst, request)
+        inst = lifecycle.rescue(self.provisioner, inst, request)
+        write_domain_xml(inst, self.host_facts())
+        return inst
 
     def unrescue_instance(self, ref: str) -> Instance:
-        return lifecycle.unrescue(self.provisioner, self.store.find(ref))
+        inst = lifecycle.unrescue(self.provisioner, self.store.find(ref))
+        write_domain_xml(inst, self.host_facts())
+        return inst
+
+    def domain(
+        self,
+        ref: str,
+        *,
+        rescue: bool | None = None,
+        kernel: Path | None = None,
+        initrd: Path | None = None,
+        cmdline: str | None = None,
+    ) -> Domain:
+        inst = self.store.find(ref)
+        rescuing = inst.record.rescue is not None if rescue is None else rescue
+        return instance_domain(
+            inst, self.host_facts(), rescue=rescuing, kernel=kernel, initrd=initrd, cmdline=cmdline
+        )
+
+    def boot(self, ref: str, options: BootOptions, stream: Stream | None = None) -> BootResult:
+        inst = self.store.find(ref)
+        check_disks_present(inst, self.settings.base_dir)
+        lifecycle.ensure_legacy_backing(
+            self.provisioner,
+            inst.path / "disk",
+            diskinfo.read(inst.path).get(str(inst.path / "disk"), ""),
+        )
+        domain = self.domain(
+            ref,
+            rescue=options.rescue,
+            kernel=options.kernel,
+            initrd=options.initrd,
+            cmdline=options.cmdline,
+        )
+        if options.via == "libvirt":
+            return boot_libvirt(
+                self.runner,
+                domain,
+                uri=options.uri,
+                timeout=options.timeout,
+                wait_for=options.wait_for,
+                keep=options.keep,
+                stream=stream,
+            )
+        return boot_qemu(
+            self.runner, domain, timeout=options.timeout, wait_for=options.wait_for, stream=stream
+        )
+
+
+def cache_dir() -> Path:
+    """Host-wide cache for probe answers: /var/cache/vmdisk for root, else the user's."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/vmdisk")
+    return Path(platformdirs.user_cache_dir("vmdisk"))

@@ -152,3 +152,16 @@ def flavor_dict(flavor: Flavor) -> dict[str, Any]:
         "ephemeral_gb": flavor.ephemeral_gb,
         "swap_mb": flavor.swap_mb,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class BootOptions:
+    via: str = "qemu"  # or "libvirt"
+    timeout: float = 120.0
+    wait_for: str | None = None
+    keep: bool = False
+    rescue: bool | None = None  # None: boot rescue if the instance is rescued
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    uri: str = "qemu:///system"

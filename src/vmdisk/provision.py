@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmdisk import diskinfo
 from vmdisk.backends import DiskBackend, backend_class
 from vmdisk.backends.base import verify_base_size
-from vmdisk.errors import BackendError, InvalidRequest
-from vmdisk.fsutil import fallocate_supported, fsync_dir, preallocate, require_space
+from vmdisk.errors import DiskMissing, InvalidRequest
+from vmdisk.fsutil import (
+    fallocate_supported,
+    fsync_dir,
+    preallocate,
+    require_space,
+    write_atomic,
+)
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.instances import Instance, InstanceRecord, InstanceStore
+from vmdisk.libvirt.domain import HostFacts, domain_for, render
 from vmdisk.model import BackendName, DiskPlan, DiskRole, InstancePlan, flavor_dict
+from vmdisk.tools.headers import qcow2_backing_file
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Runner
 
@@ -33,6 +42,7 @@ class Provisioner:
     store: InstanceStore
     qemu: QemuImg
     runner: Runner
+    host_facts: Callable[[], HostFacts]
 
     def backend(self, name: BackendName) -> DiskBackend:
         return backend_class(name)(self.qemu, self.runner, self.templates)
@@ -49,6 +59,8 @@ class Provisioner:
             diskinfo.write(build, formats)
             record = instance_record(plan, base, request)
             self.store.write_record(build, record)
+            xml = render(domain_for(record, plan.instance_dir, formats, self.host_facts()))
+            write_atomic(build / "libvirt.xml", xml.encode())
             _sync_tree(build)
             self.store.publish(build, plan.instance_dir)
         return Instance(plan.instance_dir, record)
@@ -129,20 +141,35 @@ def _sync_tree(directory: Path) -> None:
     fsync_dir(directory)
 
 
+def write_domain_xml(inst: Instance, facts: HostFacts) -> str:
+    """(Re)write libvirt.xml for the instance as it stands: the rescue variant while rescued."""
+    xml = render(
+        domain_for(
+            inst.record,
+            inst.path,
+            diskinfo.read(inst.path),
+            facts,
+            rescue=inst.record.rescue is not None,
+        )
+    )
+    write_atomic(inst.path / "libvirt.xml", xml.encode())
+    return xml
+
+
 def check_disks_present(inst: Instance, base_dir: Path) -> None:
     """Every disk in disk.info exists, and so does every qcow2 backing file."""
-    from vmdisk.tools.headers import qcow2_backing_file
-
     for path, fmt in diskinfo.read(inst.path).items():
         disk = Path(path)
         if not disk.exists():
-            raise BackendError(
+            raise DiskMissing(
                 f"disk {disk} of {inst.record.name} is missing", reason="disk-missing"
             )
         if fmt == "qcow2":
             backing = qcow2_backing_file(disk)
             if backing and not Path(backing).exists():
-                raise BackendError(
+                raise DiskMissing(
                     f"backing file {backing} of {disk.name} is gone from {base_dir}",
                     reason="base-missing",
+                    hint="the base was removed by hand; vmdisk cache prune never removes one "
+                    "in use",
                 )

@@ -49,6 +49,7 @@ def test_qcow2_instance_layout(host: Host, image: Path) -> None:
         "disk.local",
         "disk.swap",
         "instance.json",
+        "libvirt.xml",
     ]
     base = host.settings.base_dir / inst.record.image_base
     root = qemu_info(d / "disk", "qcow2")
@@ -164,7 +165,8 @@ def test_resize_pins_format_even_if_the_guest_wrote_a_qcow2_header(
         fh.write(header)
     host.resize_instance("vm1", 2, None)
     assert qemu_info(inst.path / "disk", "raw")["virtual-size"] == 2 * GiB
-    assert (inst.path / "disk").read_bytes()[:4096] == header
+    with open(inst.path / "disk", "rb") as fh:
+        assert fh.read(4096) == header
 
 
 def test_rescue_and_unrescue(host: Host, image: Path) -> None:

@@ -56,10 +56,11 @@ def cli(
 
 
 def _register() -> None:
-    from vmdisk.cli import images, instances
+    from vmdisk.cli import boot, images, instances
 
     images.register(cli)
     instances.register(cli)
+    boot.register(cli)
 
 
 def _report(error: dict[str, Any], json_mode: bool, hint: str | None = None) -> None:

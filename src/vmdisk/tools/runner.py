@@ -81,10 +81,24 @@ class CommandResult:
         return self.stdout.decode("utf-8", "replace")
 
 
+class Running(Protocol):
+    """A started process: a guest's qemu, or a probe we may have to kill."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def stop(self) -> None: ...
+
+
 class Runner(Protocol):
     """The seam every tool wrapper is built on; tests give a typed fake."""
 
     calls: int
+
+    def spawn(self, argv: Sequence[str], *, output: Path | None = None) -> Running: ...
 
     def run(
         self,
@@ -125,6 +139,27 @@ class SubprocessRunner:
             )
         self._which[name] = found
         return found
+
+    def spawn(self, argv: Sequence[str], *, output: Path | None = None) -> Running:
+        """Start a long-running process (qemu); its stdout and stderr go to `output`."""
+        exe = self._resolve(str(argv[0]))
+        with self._lock:
+            self.calls += 1
+        sink = open(output, "ab") if output else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                [exe, *map(str, argv[1:])],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "LC_ALL": "C", "LANG": "C"},
+                start_new_session=True,  # a Ctrl-C at the terminal is ours to handle, not qemu's
+            )
+        finally:
+            if output:
+                sink.close()  # type: ignore[union-attr]
+        log.debug("started %s as pid %d", " ".join(redact(argv)), proc.pid)
+        return _Process(proc)
 
     def run(
         self,
@@ -168,6 +203,29 @@ class SubprocessRunner:
         if check and proc.returncode != 0:
             raise _failure(result, limits)
         return result
+
+
+class _Process:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._proc.wait(timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not gone within 5 s."""
+        if self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
 
 
 def _failure(result: CommandResult, limits: Limits | None) -> ToolError:
