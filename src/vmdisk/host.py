@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 
 import platformdirs
 
 from vmdisk import diskinfo, lifecycle
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
-from vmdisk.fsutil import direct_io_supported, ensure_real_dir
+from vmdisk.fsutil import direct_io_supported, ensure_real_dir, write_atomic
+from vmdisk.imagecache.cleaner import (
+    CleanupPlan,
+    CleanupPolicy,
+    CleanupResult,
+    apply_cleanup,
+    hostname,
+    plan_cleanup,
+    read_hosts,
+    register_host,
+)
+from vmdisk.imagecache.entries import scan
 from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.sources import open_source
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
+from vmdisk.imagecache.usage import bases_in_use
+from vmdisk.imagecache.verify import Verdict, verify_cache
 from vmdisk.instances import Instance, InstanceStore
 from vmdisk.libvirt import probe
 from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain, parse_network
@@ -169,6 +183,39 @@ class Host:
         return boot_qemu(
             self.runner, domain, timeout=options.timeout, wait_for=options.wait_for, stream=stream
         )
+
+    def cleanup_policy(self) -> CleanupPolicy:
+        c = self.settings.image_cache
+        return CleanupPolicy(
+            remove_unused=c.remove_unused_base_images,
+            original_min_age=c.remove_unused_original_minimum_age_seconds,
+            resized_min_age=c.remove_unused_resized_minimum_age_seconds,
+            template_min_age=c.remove_unused_template_minimum_age_seconds,
+            temporary_min_age=c.remove_temporary_minimum_age_seconds,
+            max_size=c.max_size,
+        )
+
+    def prune(
+        self, *, dry_run: bool = False, policy: CleanupPolicy | None = None
+    ) -> tuple[CleanupPlan, CleanupResult | None]:
+        """One pass of the image cache manager; see imagecache/cleaner.py for the protocol."""
+        self.prepare()
+        policy = policy or self.cleanup_policy()
+        started = time.time()
+        registry = self.settings.instances_path / "compute_nodes"
+        hosts = read_hosts(registry)
+        if not dry_run:
+            self.store.reap()
+            hosts = register_host(registry, self.locks, hostname(), started, write_atomic)
+        in_use = bases_in_use(self.store, self.settings.base_dir)
+        plan = plan_cleanup(scan(self.settings.base_dir), in_use, hosts, started, policy)
+        if dry_run:
+            return plan, None
+        return plan, apply_cleanup(plan, self.settings.base_dir, self.locks, started, policy)
+
+    def verify_cache(self) -> list[Verdict]:
+        self.prepare()
+        return verify_cache(self.cache)
 
 
 def cache_dir() -> Path:

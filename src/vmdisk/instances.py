@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ RECORD = "instance.json"
 BUILDING = ".building-"
 DELETING = ".deleting-"
 NAMES_LOCK = "instance-names"
+BASES_MARKER = ".bases"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class InstanceRecord:
     ramdisk: dict[str, Any] | None = None
     cmdline: str | None = None
     image_source: str = ""
+    host: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
@@ -109,8 +111,12 @@ class InstanceStore:
         )
 
     @contextlib.contextmanager
-    def reserve(self, name: str, uuid: str) -> Iterator[Path]:
-        """A build directory for a new instance; removed again if the block fails."""
+    def reserve(self, name: str, uuid: str, bases: Iterable[str] = ()) -> Iterator[Path]:
+        """A build directory for a new instance; removed again if the block fails.
+
+        It names the _base entries the build will use before any is fetched, so a cache
+        cleaner that lists `_base` after this point counts them as in use.
+        """
         with contextlib.ExitStack() as stack:
             with self.locks.exclusive(NAMES_LOCK):
                 self.reap()
@@ -118,6 +124,7 @@ class InstanceStore:
                 build = self.root / f"{BUILDING}{uuid}"
                 build.mkdir(mode=0o755)
                 (build / ".name").write_text(name)
+                (build / BASES_MARKER).write_text("\n".join(sorted(set(bases))) + "\n")
                 stack.enter_context(self.locks.exclusive(f"build-{uuid}"))
             try:
                 yield build
@@ -132,6 +139,7 @@ class InstanceStore:
                 raise InstanceExists(f"{final} appeared while building", reason="exists")
             os.rename(build, final)
             (final / ".name").unlink(missing_ok=True)
+            (final / BASES_MARKER).unlink(missing_ok=True)
             fsync_dir(self.root)
 
     def write_record(self, directory: Path, record: InstanceRecord) -> None:
@@ -158,6 +166,14 @@ class InstanceStore:
                         self.locks.remove(f"build-{uuid}")
                         removed.append(entry.name)
         return removed
+
+    def building_bases(self) -> set[str]:
+        """Bases named by builds in progress (see reserve)."""
+        names: set[str] = set()
+        for build in self.root.glob(f"{BUILDING}*"):
+            with contextlib.suppress(OSError):
+                names.update(n for n in (build / BASES_MARKER).read_text().split() if n)
+        return names
 
     def _check_free(self, name: str, uuid: str) -> None:
         if not NAME_RE.fullmatch(name):

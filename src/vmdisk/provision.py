@@ -49,7 +49,9 @@ class Provisioner:
 
     def create(self, plan: InstancePlan, request: ImageRequest) -> Instance:
         backend = self.backend(plan.backend)
-        with self.store.reserve(plan.name, plan.uuid) as build, self.cache.using(request) as base:
+        bases = [d.base for d in plan.disks if d.base]
+        reserve = self.store.reserve(plan.name, plan.uuid, bases)
+        with reserve as build, self.cache.using(request) as base:
             root = plan.disk("disk")
             verify_base_size(base, root.size if root else None)
             if plan.backend is BackendName.FLAT:
@@ -97,6 +99,7 @@ def instance_record(plan: InstancePlan, base: CachedImage, request: ImageRequest
         image_id=plan.image_id,
         image_base=base.name,
         image_source=request.source,
+        host=os.uname().nodename,
         os_type=str(plan.os_type),
         disks=[_disk_entry(d) for d in plan.disks],
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

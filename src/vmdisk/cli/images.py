@@ -129,6 +129,64 @@ def cache_list(ctx: click.Context) -> None:
     a.output.emit(data, human)
 
 
+@cache_group.command("prune")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.pass_context
+def cache_prune(ctx: click.Context, dry_run: bool) -> None:
+    """Remove unused bases past their age (and LRU over [image_cache] max_size)."""
+    a = app(ctx)
+    plan, result = a.host.prune(dry_run=dry_run)
+    data = {
+        "dry_run": dry_run,
+        "plan": plan.to_dict(),
+        "result": result.to_dict() if result else None,
+    }
+
+    def human(out: Console) -> None:
+        table = Table("entry", "kind", "action", "age", "allocated", "why")
+        for d in plan.decisions:
+            table.add_row(
+                d.name,
+                str(d.kind),
+                str(d.action),
+                f"{d.age / 3600:.1f} h",
+                format_size(d.allocated),
+                d.reason,
+            )
+        out.print(table)
+        if result is None:
+            out.print(f"dry run: would free {format_size(plan.freed)}; nothing was changed")
+            return
+        out.print(
+            f"removed {len(result.removed)}, kept on re-check "
+            f"{len(result.kept_on_recheck)}, errors {len(result.errors)}"
+        )
+        for name, error in result.errors.items():
+            out.print(f"  [red]error[/] {name}: {error}")
+
+    a.output.emit(data, human)
+
+
+@cache_group.command("verify")
+@click.pass_context
+def cache_verify(ctx: click.Context) -> None:
+    """Re-hash every base against its record and re-run the safety checks (reports only)."""
+    a = app(ctx)
+    verdicts = a.host.verify_cache()
+    data = {"ok": all(v.ok for v in verdicts), "entries": [v.to_dict() for v in verdicts]}
+
+    def human(out: Console) -> None:
+        for v in verdicts:
+            state = "[green]ok[/]" if v.ok else "[red]FAILED[/]"
+            out.print(f"{state} {v.name} {v.image_id or ''}")
+            for problem in v.problems:
+                out.print(f"    {problem}")
+
+    a.output.emit(data, human)
+    if not data["ok"]:
+        ctx.exit(1)
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(image_group)
     cli.add_command(cache_group)

@@ -25,7 +25,7 @@ class EntryKind(StrEnum):
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _RESIZED = re.compile(r"[0-9a-f]{40}_(?:[0-9]+|sm)")
 _SWAP = re.compile(r"swap_[0-9]+")
-_EPHEMERAL = re.compile(r"ephemeral_[0-9]+_[0-9a-f]{7}")
+_EPHEMERAL = re.compile(r"ephemeral_[0-9]+_[0-9A-Za-z]{7}")
 
 
 def classify(name: str) -> EntryKind:
