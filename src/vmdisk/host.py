@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import platformdirs
@@ -101,14 +103,29 @@ class Host:
         self.prepare()
         return self.cache.ensure(request)
 
-    def plan(self, spec: InstanceSpec, request: ImageRequest) -> InstancePlan:
+    def plan(
+        self,
+        spec: InstanceSpec,
+        request: ImageRequest,
+        boot_files: Mapping[str, ImageRequest] | None = None,
+    ) -> InstancePlan:
         image_id, _ = self.cache.identify(request)
-        return plan_disks(spec, self.settings, image_id)
+        boot_ids = {name: self.cache.identify(r)[0] for name, r in (boot_files or {}).items()}
+        return plan_disks(spec, self.settings, image_id, boot_ids)
 
-    def create_instance(self, spec: InstanceSpec, request: ImageRequest) -> Instance:
-        plan = self.plan(spec, request)
+    def create_instance(
+        self,
+        spec: InstanceSpec,
+        request: ImageRequest,
+        boot_files: Mapping[str, ImageRequest] | None = None,
+    ) -> Instance:
+        """Create an instance; `boot_files` maps "kernel"/"ramdisk" to their image requests."""
+        boot_files = {
+            name: dataclasses.replace(r, kind=name) for name, r in (boot_files or {}).items()
+        }
+        plan = self.plan(spec, request, boot_files)
         self.prepare()
-        return self.provisioner.create(plan, request)
+        return self.provisioner.create(plan, request, boot_files)
 
     def instances(self) -> list[Instance]:
         return self.store.all()
@@ -126,12 +143,20 @@ class Host:
         write_domain_xml(inst, self.host_facts())
         return inst
 
-    def rescue_instance(self, ref: str, request: ImageRequest | None) -> Instance:
+    def rescue_instance(
+        self,
+        ref: str,
+        request: ImageRequest | None,
+        boot_files: Mapping[str, ImageRequest] | None = None,
+    ) -> Instance:
         inst = self.store.find(ref)
         request = request or ImageRequest(
             source=inst.record.image_source or inst.record.image_id, image_id=inst.record.image_id
         )
-        inst = lifecycle.rescue(self.provisioner, inst, request)
+        boot_files = {
+            name: dataclasses.replace(r, kind=name) for name, r in (boot_files or {}).items()
+        }
+        inst = lifecycle.rescue(self.provisioner, inst, request, boot_files)
         write_domain_xml(inst, self.host_facts())
         return inst
 

@@ -66,6 +66,8 @@ class InstanceRecord:
         for extra in (self.rescue, self.kernel, self.ramdisk):
             if extra and extra.get("base"):
                 names.add(extra["base"])
+        if self.rescue:
+            names.update(self.rescue.get("bases", []))
         return names
 
 

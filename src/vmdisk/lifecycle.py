@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,16 @@ def resize(
     return Instance(inst.path, record)
 
 
-def rescue(prov: Provisioner, inst: Instance, request: ImageRequest) -> Instance:
-    """disk.rescue from the rescue image; the instance's own disk is never touched."""
+def rescue(
+    prov: Provisioner,
+    inst: Instance,
+    request: ImageRequest,
+    boot_files: Mapping[str, ImageRequest] | None = None,
+) -> Instance:
+    """disk.rescue from the rescue image; the instance's own disk is never touched.
+
+    A rescue image that brings its own kernel/ramdisk gets kernel.rescue/ramdisk.rescue.
+    """
     if inst.record.rescue is not None:
         raise InvalidRequest(f"{inst.record.name} is already in rescue mode", reason="in-rescue")
     image_id, _ = prov.cache.identify(request)
@@ -102,13 +111,21 @@ def rescue(prov: Provisioner, inst: Instance, request: ImageRequest) -> Instance
         target.rename(disk.path)
     formats = diskinfo.read(inst.path)
     formats[str(disk.path)] = disk.format
+    bases = [base.name]
+    for name, boot_request in (boot_files or {}).items():
+        target = inst.path / f"{name}.rescue"
+        with prov.cache.using(boot_request) as cached, removing_on_error(target):
+            copy_sparse(cached.path, target)
+        formats[str(target)] = "raw"
+        bases.append(cached.name)
     config = inst.path / "disk.config"
     if config.exists():
         shutil.copyfile(config, inst.path / "disk.config.rescue")
         formats[str(inst.path / "disk.config.rescue")] = "raw"
     diskinfo.write(inst.path, formats)
     record = dataclasses.replace(
-        inst.record, rescue={"image_id": image_id, "base": base.name, "format": disk.format}
+        inst.record,
+        rescue={"image_id": image_id, "base": base.name, "format": disk.format, "bases": bases},
     )
     prov.store.write_record(inst.path, record)
     return Instance(inst.path, record)

@@ -21,6 +21,8 @@ class DiskRole(StrEnum):
     SWAP = "swap"
     CONFIG = "config"
     RESCUE = "rescue"
+    KERNEL = "kernel"
+    RAMDISK = "ramdisk"
 
 
 class BackendName(StrEnum):
@@ -81,6 +83,7 @@ class InstanceSpec:
     os_type: OsType = OsType.LINUX
     backend: BackendName | None = None
     config_drive: ConfigDriveSpec | None = None
+    cmdline: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,8 @@ class InstancePlan:
     disks: tuple[DiskPlan, ...]
     preallocate: bool = False
     config_drive: ConfigDriveSpec | None = field(default=None, compare=False)
+    boot_ids: dict[str, str] = field(default_factory=dict)  # "kernel"/"ramdisk" -> image id
+    cmdline: str | None = None
 
     def disk(self, name: str) -> DiskPlan | None:
         return next((d for d in self.disks if d.name == name), None)
@@ -140,6 +145,7 @@ class InstancePlan:
             "os_type": str(self.os_type),
             "preallocate": self.preallocate,
             "disks": [d.to_dict() for d in self.disks],
+            "boot": {**self.boot_ids, "cmdline": self.cmdline} if self.boot_ids else None,
         }
 
 

@@ -64,7 +64,10 @@ def swap_base_name(size_mb: int) -> str:
     return f"swap_{size_mb}"
 
 
-def plan_disks(spec: InstanceSpec, settings: Settings, image_id: str) -> InstancePlan:
+def plan_disks(
+    spec: InstanceSpec, settings: Settings, image_id: str, boot_ids: dict[str, str] | None = None
+) -> InstancePlan:
+    """`boot_ids` maps "kernel"/"ramdisk" to image ids, for images booted the AMI way."""
     backend = choose_backend(spec.backend, settings)
     instance_dir = settings.instances_path / spec.uuid
     cow = backend is BackendName.QCOW2
@@ -111,6 +114,21 @@ def plan_disks(spec: InstanceSpec, settings: Settings, image_id: str) -> Instanc
                 base=swap_base_name(flavor.swap_mb) if cow else None,
             )
         )
+    boot_ids = dict(boot_ids or {})
+    if "ramdisk" in boot_ids and "kernel" not in boot_ids:
+        raise InvalidRequest("a ramdisk needs a kernel", reason="bad-option")
+    for role in (DiskRole.KERNEL, DiskRole.RAMDISK):
+        if str(role) in boot_ids:
+            disks.append(
+                DiskPlan(
+                    str(role),
+                    role,
+                    instance_dir / str(role),
+                    "raw",
+                    None,
+                    base=cache_name(boot_ids[str(role)]),
+                )
+            )
     drive = _config_drive(spec, settings)
     if drive is not None:
         disks.append(
@@ -136,6 +154,8 @@ def plan_disks(spec: InstanceSpec, settings: Settings, image_id: str) -> Instanc
         disks=tuple(disks),
         preallocate=settings.preallocate_images == "space",
         config_drive=drive,
+        boot_ids=boot_ids,
+        cmdline=spec.cmdline,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from vmdisk.backends import DiskBackend, backend_class
 from vmdisk.backends.base import verify_base_size
 from vmdisk.errors import DiskMissing, InvalidRequest
 from vmdisk.fsutil import (
+    copy_sparse,
     fallocate_supported,
     fsync_dir,
     preallocate,
@@ -47,7 +48,13 @@ class Provisioner:
     def backend(self, name: BackendName) -> DiskBackend:
         return backend_class(name)(self.qemu, self.runner, self.templates)
 
-    def create(self, plan: InstancePlan, request: ImageRequest) -> Instance:
+    def create(
+        self,
+        plan: InstancePlan,
+        request: ImageRequest,
+        boot_files: Mapping[str, ImageRequest] | None = None,
+    ) -> Instance:
+        """Make the instance; `boot_files` are the kernel/ramdisk requests the plan names."""
         backend = self.backend(plan.backend)
         bases = [d.base for d in plan.disks if d.base]
         reserve = self.store.reserve(plan.name, plan.uuid, bases)
@@ -56,7 +63,7 @@ class Provisioner:
             verify_base_size(base, root.size if root else None)
             if plan.backend is BackendName.FLAT:
                 require_space(build, _flat_bytes(plan, base), "the flat copies of the disks")
-            formats = self.make_disks(plan, backend, build, base)
+            formats = self.make_disks(plan, backend, build, base, boot_files or {})
             (build / "console.log").touch(mode=0o640)
             diskinfo.write(build, formats)
             record = instance_record(plan, base, request)
@@ -68,19 +75,31 @@ class Provisioner:
         return Instance(plan.instance_dir, record)
 
     def make_disks(
-        self, plan: InstancePlan, backend: DiskBackend, build: Path, base: CachedImage
+        self,
+        plan: InstancePlan,
+        backend: DiskBackend,
+        build: Path,
+        base: CachedImage,
+        boot_files: Mapping[str, ImageRequest],
     ) -> dict[str, str]:
         formats: dict[str, str] = {}
         for disk in plan.disks:
             target = build / disk.name
             if disk.role is DiskRole.CONFIG:
                 self.make_config_drive(plan, target)
+            elif disk.role in (DiskRole.KERNEL, DiskRole.RAMDISK):
+                self.copy_boot_file(boot_files[disk.name], target)
             else:
                 backend.ensure_disk(disk, target, base)
                 if plan.preallocate and disk.size and fallocate_supported(build):
                     preallocate(target, disk.size)
             formats[str(disk.path)] = disk.format
         return formats
+
+    def copy_boot_file(self, request: ImageRequest, target: Path) -> None:
+        """Kernels and ramdisks are cached raw in _base and copied (reflink/sparse) per instance."""
+        with self.cache.using(request) as cached:
+            copy_sparse(cached.path, target)
 
     def make_config_drive(self, plan: InstancePlan, target: Path) -> None:
         from vmdisk.configdrive.builder import build_drive
@@ -109,7 +128,17 @@ def instance_record(plan: InstancePlan, base: CachedImage, request: ImageRequest
             else None
         ),
         extra={"preallocate": plan.preallocate},
+        kernel=_boot_entry(plan, "kernel"),
+        ramdisk=_boot_entry(plan, "ramdisk"),
+        cmdline=plan.cmdline,
     )
+
+
+def _boot_entry(plan: InstancePlan, name: str) -> dict[str, object] | None:
+    disk = plan.disk(name)
+    if disk is None:
+        return None
+    return {"id": plan.boot_ids[name], "base": disk.base}
 
 
 def _disk_entry(disk: DiskPlan) -> dict[str, object]:

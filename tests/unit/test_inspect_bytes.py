@@ -112,3 +112,45 @@ def test_too_large_and_absurd_sizes() -> None:
     assert err.value.reason == "too-large"
     with pytest.raises(ImageTooLarge):
         verdict(qcow2_header(size=(1 << 63) + 5))
+
+
+@pytest.mark.parametrize(
+    ("kind", "head", "found"),
+    [
+        ("kernel", b"\0" * 0x202 + b"HdrS" + b"\0" * 600, "bzImage"),
+        ("kernel", b"\x7fELF" + b"\0" * 600, "elf"),
+        (
+            "kernel",
+            b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x80) + b"\0" * 0x40 + b"PE\0\0" + b"\0" * 400,
+            "pe",
+        ),
+        ("ramdisk", b"070701" + b"0" * 600, "cpio"),
+        ("ramdisk", gzip.compress(b"x" * 100) + b"\0" * 600, "gzip"),
+        ("ramdisk", b"\x28\xb5\x2f\xfd" + b"\0" * 600, "zstd"),
+        ("ramdisk", b"\xfd7zXZ\x00" + b"\0" * 600, "xz"),
+        ("ramdisk", b"\x04\x22\x4d\x18" + b"\0" * 600, "lz4"),
+    ],
+)
+def test_boot_files_accepted(kind: str, head: bytes, found: str) -> None:
+    from vmdisk.imagecache.inspect import check_boot_file
+
+    assert check_boot_file(kind, head, len(head)) == found
+
+
+@pytest.mark.parametrize(
+    ("kind", "head"),
+    [
+        ("kernel", b"\x01" * 4096),
+        ("kernel", qcow2_header()[:4096]),
+        ("kernel", b"MZ" + b"\0" * 600),
+        ("ramdisk", b"\x01" * 4096),
+        ("ramdisk", b"\0" * 0x202 + b"HdrS" + b"\0" * 600),
+        ("kernel", b"HdrS"),
+    ],
+)
+def test_boot_files_refused(kind: str, head: bytes) -> None:
+    from vmdisk.imagecache.inspect import check_boot_file
+
+    with pytest.raises(UnsafeImage) as err:
+        check_boot_file(kind, head, len(head))
+    assert err.value.reason == f"not-a-{kind}"

@@ -16,6 +16,7 @@ from vmdisk import lifecycle
 from vmdisk.cli.context import app
 from vmdisk.cli.images import image_request, intake_options
 from vmdisk.errors import InvalidRequest
+from vmdisk.imagecache.store import ImageRequest
 from vmdisk.instances import Instance
 from vmdisk.model import (
     BackendName,
@@ -183,6 +184,11 @@ def _drive_spec(settings: Settings, opts: dict[str, Any]) -> tuple[ConfigDriveSp
 @click.option("--hostname")
 @click.option("--network-data", type=click.Path(dir_okay=False))
 @click.option("--nic", multiple=True, metavar="mac=..,ip=..,gateway=..")
+@click.option("--kernel", "kernel_source", help="Boot this kernel (path or URL), the AMI way.")
+@click.option("--kernel-id", help="Image id of the kernel (default: the normalised source).")
+@click.option("--ramdisk", "ramdisk_source", help="Its ramdisk (initrd).")
+@click.option("--ramdisk-id", help="Image id of the ramdisk.")
+@click.option("--cmdline", help='Kernel command line (default "root=/dev/vda console=ttyS0").')
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing.")
 @click.pass_context
 def create(
@@ -210,6 +216,9 @@ def create(
     """Create instance NAME: cache the image, then make its disks and directory."""
     a = app(ctx)
     settings = a.settings
+    kernel_source, kernel_id = drive_opts.pop("kernel_source"), drive_opts.pop("kernel_id")
+    ramdisk_source, ramdisk_id = drive_opts.pop("ramdisk_source"), drive_opts.pop("ramdisk_id")
+    cmdline = drive_opts.pop("cmdline")
     flavor = _flavor(settings, flavor_name, vcpus, ram_mb, root_gb, ephemeral_gb, swap_mb)
     drive, generated = _drive_spec(settings, drive_opts)
     spec = InstanceSpec(
@@ -220,17 +229,36 @@ def create(
         os_type=OsType(os_type),
         backend=BackendName(backend) if backend else None,
         config_drive=drive,
+        cmdline=cmdline,
     )
     request = image_request(source, image_id, fmt, checksum, max_size)
+    boot_files = _boot_files(kernel_source, kernel_id, ramdisk_source, ramdisk_id)
+    if cmdline is not None and not boot_files:
+        raise click.UsageError("--cmdline needs --kernel")
     if dry_run:
-        plan = a.host.plan(spec, request)
+        plan = a.host.plan(spec, request, boot_files)
         a.output.emit({"dry_run": True, **plan.to_dict()}, lambda out: _print_plan(out, plan))
         return
-    inst = a.host.create_instance(spec, request)
+    inst = a.host.create_instance(spec, request, boot_files)
     data = lifecycle.describe(inst)
     if generated and drive is not None:
         data["admin_pass"] = drive.admin_pass  # shown once, like Nova's API; never logged
     a.output.emit(data, lambda out: _print_instance(out, data, created=True))
+
+
+def _boot_files(
+    kernel: str | None, kernel_id: str | None, ramdisk: str | None, ramdisk_id: str | None
+) -> dict[str, ImageRequest]:
+    if (kernel_id and not kernel) or (ramdisk_id and not ramdisk):
+        raise click.UsageError("--kernel-id/--ramdisk-id need --kernel/--ramdisk")
+    if ramdisk and not kernel:
+        raise click.UsageError("--ramdisk needs --kernel")
+    files = {}
+    if kernel:
+        files["kernel"] = image_request(kernel, kernel_id, None, None, None)
+    if ramdisk:
+        files["ramdisk"] = image_request(ramdisk, ramdisk_id, None, None, None)
+    return files
 
 
 def _print_plan(out: Console, plan: Any) -> None:

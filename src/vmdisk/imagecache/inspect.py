@@ -290,3 +290,41 @@ def _check_size(size: int, max_size: int | None) -> None:
             reason="too-large",
             hint="raise --max-size (or [image_cache] max_virtual_size) if this is expected",
         )
+
+
+_RAMDISK_MAGICS = (
+    (b"070701", "cpio"),
+    (b"070702", "cpio"),
+    (b"070707", "cpio"),
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x02\x21\x4c\x18", "lz4"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+)
+
+
+def check_boot_file(kind: str, head: bytes, size: int) -> str:
+    """A kernel must be a Linux boot image (HdrS at 0x202), an ELF or a PE; a ramdisk a
+    cpio or a gzip/zstd/xz/lz4 archive. Returns what was found."""
+    if size < SECTOR:
+        raise refuse(f"not-a-{kind}", f"the {kind} is {size} bytes, too short to be one")
+    if kind == "kernel":
+        if head[0x202:0x206] == b"HdrS":
+            return "bzImage"
+        if head[:4] == b"\x7fELF":
+            return "elf"
+        if head[:2] == b"MZ" and len(head) >= 0x40:
+            pe = struct.unpack_from("<I", head, 0x3C)[0]
+            if head[pe : pe + 4] == b"PE\0\0":
+                return "pe"
+        raise refuse(
+            "not-a-kernel",
+            "not a Linux kernel image: no HdrS boot header at 0x202, and not an ELF or PE file",
+        )
+    for magic, name in _RAMDISK_MAGICS:
+        if head.startswith(magic):
+            return name
+    raise refuse(
+        "not-a-ramdisk", "not a ramdisk: expected a cpio archive or a gzip, zstd, xz or lz4 stream"
+    )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmdisk.errors import ChecksumMismatch, ImageFetchError, VmdiskError
+from vmdisk.errors import ChecksumMismatch, ImageFetchError, InvalidRequest, VmdiskError
 from vmdisk.fsutil import (
     direct_io_supported,
     ensure_real_dir,
@@ -52,6 +52,7 @@ class ImageRequest:
     declared_format: str | None = None
     checksum: Checksum | None = None
     max_size: int | None = None
+    kind: str = "image"  # or "kernel" / "ramdisk": cached raw, never converted
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,18 @@ class CachedImage:
             "sha256": self.record.sha256,
             "cached": self.cached,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A verified file ready to be renamed into place, with what the record says of it."""
+
+    path: Path
+    format: str
+    detected: str
+    virtual_size: int
+    sha256: str
+    cluster_size: int | None
 
 
 class _Sink:
@@ -195,11 +208,11 @@ class ImageCache:
         image_id, name = self.identify(request)
         found = self.lookup(name)
         if found is not None:
-            return found
+            return _same_kind(found, request)
         with self.locks.exclusive(name):
             found = self.lookup(name)
             if found is not None:
-                return found
+                return _same_kind(found, request)
             self._remove_leftovers(name)
             return self._fetch(request, image_id, name)
 
@@ -212,7 +225,8 @@ class ImageCache:
             with self.locks.shared(name):
                 found = self.lookup(name)
                 if found is not None:
-                    if found.record.format == "raw":
+                    _same_kind(found, request)
+                    if found.record.format == "raw" and found.record.kind == "image":
                         inspect.recheck_raw_base(found.path)
                     touch(found.path)
                     yield CachedImage(image_id, name, found.path, found.record, not fetched)
@@ -234,33 +248,54 @@ class ImageCache:
         with removing_on_error(part, converted):
             try:
                 sink = self._download(source, part, request.checksum)
-                found = self._verify(sink, part, request)
-                final, fmt, info = self._convert(part, converted, found)
-                sha256 = sink.sha256.hexdigest() if final == part else hash_sparse_file(final)
-                if fmt == "raw":
-                    inspect.recheck_raw_base(final)
+                self._verify_checksum(sink, request)
+                if request.kind == "image":
+                    prepared = self._prepare_image(sink, part, converted, request)
+                else:
+                    prepared = self._prepare_boot_file(sink, part, request.kind)
             except OSError as exc:
                 mapped = space_error(exc, self.base_dir, f"image {image_id}")
                 if mapped is None:
                     raise
                 raise mapped from exc
+            final = prepared.path
             record = BaseRecord(
                 image_id=image_id,
                 source=source.display,
                 declared_format=request.declared_format,
-                detected_format=found.format,
-                format=fmt,
-                virtual_size=info.virtual_size,
+                detected_format=prepared.detected,
+                format=prepared.format,
+                virtual_size=prepared.virtual_size,
                 size=final.stat().st_size,
                 sha256_download=sink.sha256.hexdigest(),
-                sha256=sha256,
+                sha256=prepared.sha256,
                 fetched_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                cluster_size=info.cluster_size if fmt != "raw" else None,
+                cluster_size=prepared.cluster_size,
+                kind=request.kind,
             )
             write_record(base, record)
             os.replace(final, base)
             fsync_dir(self.base_dir)
         return CachedImage(image_id, name, base, record, cached=False)
+
+    def _prepare_image(
+        self, sink: _Sink, part: Path, converted: Path, request: ImageRequest
+    ) -> _Prepared:
+        found = self._verify(sink, part, request)
+        final, fmt, info = self._convert(part, converted, found)
+        sha256 = sink.sha256.hexdigest() if final == part else hash_sparse_file(final)
+        if fmt == "raw":
+            inspect.recheck_raw_base(final)
+        cluster = info.cluster_size if fmt != "raw" else None
+        return _Prepared(final, fmt, found.format, info.virtual_size, sha256, cluster)
+
+    def _prepare_boot_file(self, sink: _Sink, part: Path, kind: str) -> _Prepared:
+        """Kernels and ramdisks are not disk images: check what they are, never convert."""
+        with open(part, "rb") as fh:
+            head = fh.read(4096)
+        detected = inspect.check_boot_file(kind, head, sink.offset)
+        digest = sink.sha256.hexdigest()
+        return _Prepared(part, "raw", detected, sink.offset, digest, None)
 
     def _download(self, source: ImageSource, part: Path, checksum: Checksum | None) -> _Sink:
         fd = open_exclusive(part, 0o644)
@@ -310,7 +345,7 @@ class ImageCache:
                 reason="truncated",
             )
 
-    def _verify(self, sink: _Sink, part: Path, request: ImageRequest) -> inspect.Detection:
+    def _verify_checksum(self, sink: _Sink, request: ImageRequest) -> None:
         if request.checksum is not None:
             actual = sink.digest(request.checksum.algorithm)
             if actual != request.checksum.hexdigest:
@@ -319,6 +354,8 @@ class ImageCache:
                     f"expected {request.checksum.hexdigest}",
                     reason="checksum-mismatch",
                 )
+
+    def _verify(self, sink: _Sink, part: Path, request: ImageRequest) -> inspect.Detection:
         limit = min(filter(None, (request.max_size, self.max_virtual_size)), default=None)
         found = sink.inspector.finish(request.declared_format, limit)
         info = self.qemu.info(part, found.qemu_format)
@@ -355,6 +392,18 @@ class ImageCache:
                 f"expected raw of {found.virtual_size}"
             )
         return converted, "raw", info
+
+
+def _same_kind(found: CachedImage, request: ImageRequest) -> CachedImage:
+    """One image id is one thing: a disk image is never handed out as a kernel, or back."""
+    if found.record.kind != request.kind:
+        raise InvalidRequest(
+            f"image id {found.image_id} is cached as kind {found.record.kind!r}, "
+            f"not {request.kind!r}",
+            reason="kind-mismatch",
+            hint=f"give the {request.kind} its own id (--{request.kind}-id)",
+        )
+    return found
 
 
 def confirm_with_qemu(info: ImageInfo, found: inspect.Detection, path: Path) -> None:
