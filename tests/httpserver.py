@@ -22,6 +22,8 @@ class Route:
     claim_length: int | None = None  # Content-Length that lies
     stall_after: int | None = None  # send this much, then hang
     content_type: str = "application/octet-stream"
+    no_length: bool = False  # no Content-Length: the body ends when the connection closes
+    rate: int | None = None  # bytes per second, to make a download take a while
     cuts_done: int = 0
 
 
@@ -77,7 +79,11 @@ def _handler(state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(200)
             data = route.body[start:]
             length = route.claim_length if route.claim_length is not None else len(data)
-            self.send_header("Content-Length", str(length))
+            if route.no_length:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(length))
             self.send_header("Content-Type", route.content_type)
             if route.ranges:
                 self.send_header("Accept-Ranges", "bytes")
@@ -93,7 +99,13 @@ def _handler(state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 time.sleep(30)
                 return
-            self.wfile.write(data)
+            if route.rate:
+                step = max(1, route.rate // 20)
+                for pos in range(0, len(data), step):
+                    self.wfile.write(data[pos : pos + step])
+                    time.sleep(0.05)
+            else:
+                self.wfile.write(data)
             if route.claim_length is not None:
                 self.close_connection = True
 
@@ -105,6 +117,7 @@ def serve(routes: dict[str, Route] | None = None) -> Iterator[ImageServer]:
     state = ImageServer(routes or {})
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # clients we kill
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

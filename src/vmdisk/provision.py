@@ -22,6 +22,7 @@ from vmdisk.fsutil import (
     fsync_dir,
     preallocate,
     require_space,
+    space_error,
     write_atomic,
 )
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
@@ -55,6 +56,17 @@ class Provisioner:
         boot_files: Mapping[str, ImageRequest] | None = None,
     ) -> Instance:
         """Make the instance; `boot_files` are the kernel/ramdisk requests the plan names."""
+        try:
+            return self._create(plan, request, boot_files or {})
+        except OSError as exc:
+            mapped = space_error(exc, plan.instance_dir.parent, f"instance {plan.name}")
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def _create(
+        self, plan: InstancePlan, request: ImageRequest, boot_files: Mapping[str, ImageRequest]
+    ) -> Instance:
         backend = self.backend(plan.backend)
         bases = [d.base for d in plan.disks if d.base]
         reserve = self.store.reserve(plan.name, plan.uuid, bases)
@@ -63,7 +75,7 @@ class Provisioner:
             verify_base_size(base, root.size if root else None)
             if plan.backend is BackendName.FLAT:
                 require_space(build, _flat_bytes(plan, base), "the flat copies of the disks")
-            formats = self.make_disks(plan, backend, build, base, boot_files or {})
+            formats = self.make_disks(plan, backend, build, base, boot_files)
             (build / "console.log").touch(mode=0o640)
             diskinfo.write(build, formats)
             record = instance_record(plan, base, request)

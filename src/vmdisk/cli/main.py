@@ -73,7 +73,7 @@ def _report(error: dict[str, Any], json_mode: bool, hint: str | None = None) -> 
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted("terminated (SIGTERM)", reason="interrupted")
+    raise Interrupted("interrupted by SIGTERM", reason="interrupted")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from vmdisk.errors import ToolError, ToolLimitExceeded, ToolNotFound
+from vmdisk.errors import (
+    InsufficientSpace,
+    ToolError,
+    ToolLimitExceeded,
+    ToolNotFound,
+    VmdiskError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +234,15 @@ class _Process:
             self._proc.wait()
 
 
-def _failure(result: CommandResult, limits: Limits | None) -> ToolError:
+def _failure(result: CommandResult, limits: Limits | None) -> VmdiskError:
     rc = result.returncode
     stderr = _tail(result.stderr)
+    if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
+        return InsufficientSpace(
+            f"{result.argv[0]} ran out of space: {stderr.splitlines()[-1]}",
+            reason="insufficient-space",
+            hint="free some space (vmdisk cache prune) and run the command again",
+        )
     killed_by = {-signal.SIGKILL: "SIGKILL", -signal.SIGXCPU: "SIGXCPU", -signal.SIGSEGV: "SIGSEGV"}
     if limits and (rc in killed_by or "Cannot allocate memory" in stderr):
         return ToolLimitExceeded(
