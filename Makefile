@@ -26,7 +26,7 @@ lint: venv
 	$(BIN)/mypy
 
 test: deps venv lint
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests/unit tests/integration
 
 unit: venv
 	$(BIN)/pytest tests/unit
@@ -41,7 +41,7 @@ bench-quick: deps venv
 	$(BIN)/python -m bench.run --quick
 
 soak: deps venv
-	VMDISK_SOAK=1 $(BIN)/pytest -m soak tests/soak
+	SOAK=1 $(BIN)/pytest tests/soak tests/integration/test_crash.py
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache

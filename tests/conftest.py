@@ -16,7 +16,7 @@ HERE = Path(__file__).parent
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = Path(str(item.fspath)).relative_to(HERE).parts[0]
-        if tier in ("unit", "integration"):
+        if tier in ("unit", "integration", "soak"):
             item.add_marker(getattr(pytest.mark, tier))
 
 

@@ -1,4 +1,4 @@
-"""Golden-file tests of the domain XML; VMDISK_REGENERATE=1 rewrites tests/data/golden."""
+"""Golden-file tests of the domain XML; REGENERATE_GOLDEN=1 rewrites tests/data/golden."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ GOLDEN = Path(__file__).parent.parent / "data" / "golden"
 def test_golden(case: str) -> None:
     text = render(cases()[case])
     path = GOLDEN / f"{case}.xml"
-    if os.environ.get("VMDISK_REGENERATE"):
+    if os.environ.get("REGENERATE_GOLDEN"):
         path.write_text(text)
     assert text == path.read_text()
 
