@@ -26,7 +26,8 @@ def worker_script(instances: Path, urls: list[str], worker: int) -> str:
         lines.append(
             f"{' '.join(VMDISK)} --instances-path {instances} create {name} "
             f"--image {url} --vcpus 1 --ram-mb 64 --root-gb 1 --swap-mb 8 "
-            f"--ephemeral-gb 1 >{instances.parent}/{name}.out 2>&1 || {{ echo failed {name} >&2; exit 1; }}"
+            f"--ephemeral-gb 1 >{instances.parent}/{name}.out 2>&1 "
+            f"|| {{ echo failed {name} >&2; exit 1; }}"
         )
         if i % 3 != 2:  # keep every third instance, delete the others
             lines.append(
