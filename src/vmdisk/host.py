@@ -79,6 +79,7 @@ class Host:
             self.cache, self.templates, self.store, self.qemu, self.runner, self.host_facts
         )
         self._facts: HostFacts | None = None
+        self._prepared = False
 
     def host_facts(self) -> HostFacts:
         """KVM or TCG, O_DIRECT, machine and network: decided once per process."""
@@ -95,9 +96,12 @@ class Host:
 
     def prepare(self) -> None:
         """Create instances_path, _base and locks; refuse any of them being a symlink."""
+        if self._prepared:
+            return
         ensure_real_dir(self.settings.instances_path)
         ensure_real_dir(self.settings.base_dir)
         ensure_real_dir(self.settings.locks_dir)
+        self._prepared = True
 
     def fetch_image(self, request: ImageRequest) -> CachedImage:
         self.prepare()

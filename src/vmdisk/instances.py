@@ -29,6 +29,7 @@ BUILDING = ".building-"
 DELETING = ".deleting-"
 NAMES_LOCK = "instance-names"
 BASES_MARKER = ".bases"
+NAMES_DIR = ".names"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,25 +93,37 @@ class InstanceStore:
         for entry in entries:
             if entry.name.startswith(".") or entry.name in self.reserved:
                 continue
-            try:
-                record = InstanceRecord.from_json((Path(entry.path) / RECORD).read_bytes())
-            except (OSError, ValueError, TypeError):
-                continue
-            if record.uuid == entry.name:
-                found.append(Instance(Path(entry.path), record))
+            inst = self._load(Path(entry.path))
+            if inst is not None:
+                found.append(inst)
         return sorted(found, key=lambda i: i.record.name)
 
     def find(self, ref: str) -> Instance:
-        if not ref or "/" in ref or "\x00" in ref:
+        if not ref or "/" in ref or "\x00" in ref or ref.startswith("."):
             raise InvalidRequest(f"invalid instance name or uuid {ref!r}", reason="bad-name")
-        for inst in self.all():
-            if ref in (inst.record.name, inst.record.uuid):
-                return inst
+        uuid = self._uuid_of(ref) or ref
+        found = self._load(self.root / uuid)
+        if found is not None and ref in (found.record.name, found.record.uuid):
+            return found
         raise InstanceNotFound(
             f"no instance named {ref!r}",
             reason="not-found",
             hint="vmdisk list shows the instances on this host",
         )
+
+    def _load(self, directory: Path) -> Instance | None:
+        try:
+            record = InstanceRecord.from_json((directory / RECORD).read_bytes())
+        except (OSError, ValueError, TypeError):
+            return None
+        return Instance(directory, record) if record.uuid == directory.name else None
+
+    def _uuid_of(self, name: str) -> str | None:
+        """The name index (`.names/<name>` holds the uuid): lookups and uniqueness in O(1)."""
+        try:
+            return (self.root / NAMES_DIR / name).read_text().strip() or None
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
 
     @contextlib.contextmanager
     def reserve(self, name: str, uuid: str, bases: Iterable[str] = ()) -> Iterator[Path]:
@@ -121,8 +134,7 @@ class InstanceStore:
         """
         with contextlib.ExitStack() as stack:
             with self.locks.exclusive(NAMES_LOCK):
-                self.reap()
-                self._check_free(name, uuid)
+                self._claim(name, uuid)
                 build = self.root / f"{BUILDING}{uuid}"
                 build.mkdir(mode=0o755)
                 (build / ".name").write_text(name)
@@ -132,8 +144,39 @@ class InstanceStore:
                 yield build
             except BaseException:
                 shutil.rmtree(build, ignore_errors=True)
+                self._release(name, uuid)
                 raise
             self.locks.remove(f"build-{uuid}")  # still held: nobody can be waiting on it
+
+    def _claim(self, name: str, uuid: str) -> None:
+        """Take `name` in the index for `uuid`, reclaiming it from a dead build first."""
+        if not NAME_RE.fullmatch(name):
+            raise InvalidRequest(f"invalid instance name {name!r}", reason="bad-name")
+        if (self.root / uuid).exists() or (self.root / f"{BUILDING}{uuid}").exists():
+            self.reap()
+            if (self.root / uuid).exists() or (self.root / f"{BUILDING}{uuid}").exists():
+                raise InstanceExists(f"uuid {uuid} is already used", reason="exists")
+        names = self.root / NAMES_DIR
+        names.mkdir(exist_ok=True)
+        owner = self._uuid_of(name)
+        if owner is not None and self._alive(owner):
+            raise InstanceExists(f"an instance named {name!r} exists ({owner})",
+                                 reason="exists")
+        write_atomic(names / name, uuid.encode())
+
+    def _alive(self, uuid: str) -> bool:
+        if (self.root / uuid / RECORD).exists():
+            return True
+        build = self.root / f"{BUILDING}{uuid}"
+        if not build.exists():
+            return False
+        with self.locks.try_exclusive(f"build-{uuid}") as free:
+            return not free
+
+    def _release(self, name: str, uuid: str) -> None:
+        with contextlib.suppress(OSError), self.locks.exclusive(NAMES_LOCK):
+            if self._uuid_of(name) == uuid:
+                (self.root / NAMES_DIR / name).unlink()
 
     def publish(self, build: Path, final: Path) -> None:
         with self.locks.exclusive(NAMES_LOCK):
@@ -145,12 +188,14 @@ class InstanceStore:
             fsync_dir(self.root)
 
     def write_record(self, directory: Path, record: InstanceRecord) -> None:
+        """Replace the record of a published instance (atomically)."""
         write_atomic(directory / RECORD, record.to_json())
 
     def delete(self, inst: Instance) -> None:
         """Rename out of sight first (atomic), then remove; never touches _base."""
         doomed = self.root / f"{DELETING}{inst.record.uuid}-{secrets.token_hex(4)}"
         os.rename(inst.path, doomed)
+        self._release(inst.record.name, inst.record.uuid)
         shutil.rmtree(doomed, ignore_errors=True)
 
     def reap(self) -> list[str]:
@@ -176,24 +221,3 @@ class InstanceStore:
             with contextlib.suppress(OSError):
                 names.update(n for n in (build / BASES_MARKER).read_text().split() if n)
         return names
-
-    def _check_free(self, name: str, uuid: str) -> None:
-        if not NAME_RE.fullmatch(name):
-            raise InvalidRequest(f"invalid instance name {name!r}", reason="bad-name")
-        for inst in self.all():
-            if inst.record.name == name:
-                raise InstanceExists(
-                    f"an instance named {name!r} exists ({inst.record.uuid})", reason="exists"
-                )
-            if inst.record.uuid == uuid:
-                raise InstanceExists(
-                    f"uuid {uuid} is already used by {inst.record.name!r}", reason="exists"
-                )
-        if (self.root / uuid).exists():
-            raise InstanceExists(f"{self.root / uuid} already exists", reason="exists")
-        for entry in self.root.glob(f"{BUILDING}*"):
-            with contextlib.suppress(OSError):
-                if (entry / ".name").read_text() == name:
-                    raise InstanceExists(
-                        f"an instance named {name!r} is being created", reason="exists"
-                    )

@@ -7,7 +7,9 @@ disk.info, instance record, domain XML, then one rename publishes the instance.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,10 @@ from vmdisk.fsutil import (
     space_error,
     write_atomic,
 )
+from vmdisk.imagecache import inspect
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
-from vmdisk.instances import Instance, InstanceRecord, InstanceStore
+from vmdisk.instances import RECORD, Instance, InstanceRecord, InstanceStore
 from vmdisk.libvirt.domain import HostFacts, domain_for, render
 from vmdisk.model import BackendName, DiskPlan, DiskRole, InstancePlan, flavor_dict
 from vmdisk.tools.headers import qcow2_backing_file
@@ -70,19 +73,20 @@ class Provisioner:
         backend = self.backend(plan.backend)
         bases = [d.base for d in plan.disks if d.base]
         reserve = self.store.reserve(plan.name, plan.uuid, bases)
-        with reserve as build, self.cache.using(request) as base:
+        with reserve as build, self.cache.using(request, recheck=False) as base:
             root = plan.disk("disk")
             verify_base_size(base, root.size if root else None)
             if plan.backend is BackendName.FLAT:
                 require_space(build, _flat_bytes(plan, base), "the flat copies of the disks")
-            formats = self.make_disks(plan, backend, build, base, boot_files)
-            (build / "console.log").touch(mode=0o640)
-            diskinfo.write(build, formats)
+            formats = {str(d.path): d.format for d in plan.disks}
             record = instance_record(plan, base, request)
-            self.store.write_record(build, record)
             xml = render(domain_for(record, plan.instance_dir, formats, self.host_facts()))
-            write_atomic(build / "libvirt.xml", xml.encode())
-            _sync_tree(build)
+            # The base's header re-check and the metadata depend only on the plan: do them
+            # while qemu-img makes the disks. Nothing is published unless both succeed.
+            meta = _Background(_check_and_write_metadata, base, build, formats, record, xml)
+            self.make_disks(plan, backend, build, base, boot_files)
+            meta.result()
+            _sync_files(build, [d.name for d in plan.disks])
             self.store.publish(build, plan.instance_dir)
         return Instance(plan.instance_dir, record)
 
@@ -173,15 +177,54 @@ def _flat_bytes(plan: InstancePlan, base: CachedImage) -> int:
     return total
 
 
-def _sync_tree(directory: Path) -> None:
-    """fsync every file we made, then the directory: the rename that follows is the commit."""
-    for entry in os.scandir(directory):
-        if entry.is_file(follow_symlinks=False):
-            fd = os.open(entry.path, os.O_RDONLY)
+class _Background:
+    """Run one call on a thread; result() waits and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[..., None], *args: object) -> None:
+        self._error: BaseException | None = None
+
+        def target() -> None:
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fn(*args)
+            except BaseException as exc:  # handed to the caller in result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _check_and_write_metadata(base: CachedImage, build: Path, formats: dict[str, str],
+                              record: InstanceRecord, xml: str) -> None:
+    """Re-check the base's header (it may predate a rule), then write the metadata.
+
+    The build directory is itself temporary: its files need no rename of their own, only an
+    fsync before the rename that publishes the instance.
+    """
+    if base.record.format == "raw" and base.record.kind == "image":
+        inspect.recheck_raw_base(base.path)
+    (build / "console.log").touch(mode=0o640)
+    contents = {diskinfo.FILENAME: (json.dumps(formats) + "\n").encode(),
+                RECORD: record.to_json(), "libvirt.xml": xml.encode()}
+    for name, data in contents.items():
+        with open(build / name, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _sync_files(directory: Path, names: list[str]) -> None:
+    """fsync the disks we made, then the directory: the rename that follows is the commit."""
+    for name in names:
+        fd = os.open(directory / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     fsync_dir(directory)
 
 

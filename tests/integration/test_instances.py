@@ -103,7 +103,8 @@ def test_too_small_flavor_leaves_nothing(host: Host, tmp_path: Path) -> None:
         host.create_instance(spec(), ImageRequest(str(big)))
     assert err.value.exit_code == 1
     leftovers = [p.name for p in host.settings.instances_path.iterdir()]
-    assert sorted(leftovers) == ["_base", "locks"]
+    assert sorted(leftovers) == [".names", "_base", "locks"]
+    assert list((host.settings.instances_path / ".names").iterdir()) == []  # name released
     assert host.instances() == []
 
 

@@ -135,7 +135,7 @@ def inspect_file(
     inspector = StreamInspector()
     with open(path, "rb") as fh:
         read = 0
-        while chunk := fh.read(64 * 1024):
+        while chunk := fh.read(HEAD_BYTES):
             inspector.feed(chunk)
             read += len(chunk)
             if limit is not None and read >= limit:

@@ -65,9 +65,12 @@ class Locks:
             self.path(name).unlink()
 
     def _open(self, name: str) -> int:
-        self.directory.mkdir(parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        return os.open(self.path(name), flags, 0o644)
+        try:
+            return os.open(self.path(name), flags, 0o644)
+        except FileNotFoundError:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path(name), flags, 0o644)
 
     @contextlib.contextmanager
     def _hold(self, name: str, mode: int, timeout: float) -> Iterator[None]:

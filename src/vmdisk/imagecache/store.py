@@ -217,8 +217,12 @@ class ImageCache:
             return self._fetch(request, image_id, name)
 
     @contextlib.contextmanager
-    def using(self, request: ImageRequest) -> Iterator[CachedImage]:
-        """Hold the base for overlay creation: shared lock, re-checked, touched on both ends."""
+    def using(self, request: ImageRequest, *, recheck: bool = True) -> Iterator[CachedImage]:
+        """Hold the base for overlay creation: shared lock, re-checked, touched on both ends.
+
+        recheck=False hands the header re-check (inspect.recheck_raw_base) to the caller, who
+        must run it before publishing anything made from the base.
+        """
         image_id, name = self.identify(request)
         fetched = False
         for _attempt in range(3):
@@ -226,7 +230,7 @@ class ImageCache:
                 found = self.lookup(name)
                 if found is not None:
                     _same_kind(found, request)
-                    if found.record.format == "raw" and found.record.kind == "image":
+                    if recheck and found.record.format == "raw" and found.record.kind == "image":
                         inspect.recheck_raw_base(found.path)
                     touch(found.path)
                     yield CachedImage(image_id, name, found.path, found.record, not fetched)
