@@ -12,6 +12,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,29 +89,62 @@ class _Prepared:
     cluster_size: int | None
 
 
+class _Hasher:
+    """sha256 (and the checksum's own algorithm) on a thread of its own.
+
+    hashlib releases the GIL for large updates, so hashing runs beside the writes instead of
+    after them; the bounded queue keeps memory flat however large the image.
+    """
+
+    def __init__(self, extra: str | None) -> None:
+        self.sha256 = hashlib.sha256()
+        self.extra = hashlib.new(extra) if extra else None
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self.sha256.update(chunk)
+            if self.extra is not None:
+                self.extra.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class _Sink:
     """Where downloaded bytes go: hashed, inspected and written sparsely, in one pass."""
 
     def __init__(self, fd: int, checksum: Checksum | None) -> None:
         self.fd = fd
-        self.sha256 = hashlib.sha256()
         wanted = checksum.algorithm if checksum and checksum.algorithm != "sha256" else None
-        self.extra = hashlib.new(wanted) if wanted else None
+        self.hasher = _Hasher(wanted)
         self.inspector = inspect.StreamInspector()
         self.offset = 0
 
     def write(self, chunk: bytes) -> None:
-        self.sha256.update(chunk)
-        if self.extra is not None:
-            self.extra.update(chunk)
+        self.hasher.update(chunk)
         self.inspector.feed(chunk)
         _write_sparse(self.fd, chunk, self.offset)
         self.offset += len(chunk)
 
+    def close(self) -> None:
+        self.hasher.close()
+
+    @property
+    def sha256(self) -> hashlib._Hash:
+        return self.hasher.sha256
+
     def digest(self, algorithm: str) -> str:
-        if algorithm == "sha256" or self.extra is None:
-            return self.sha256.hexdigest()
-        return self.extra.hexdigest()
+        if algorithm == "sha256" or self.hasher.extra is None:
+            return self.hasher.sha256.hexdigest()
+        return self.hasher.extra.hexdigest()
 
 
 def _write_sparse(fd: int, chunk: bytes, offset: int) -> None:
@@ -303,12 +338,13 @@ class ImageCache:
 
     def _download(self, source: ImageSource, part: Path, checksum: Checksum | None) -> _Sink:
         fd = open_exclusive(part, 0o644)
+        sink = _Sink(fd, checksum)
         try:
-            sink = _Sink(fd, checksum)
             self._stream_into(source, sink)
             os.ftruncate(fd, sink.offset)
             os.fsync(fd)
         finally:
+            sink.close()
             os.close(fd)
         self.progress.done()
         return sink
