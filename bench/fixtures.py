@@ -3,6 +3,7 @@ then zeros, sparse), the same as qcow2, a 2 GiB one, all served over HTTP on 127
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
 import os
@@ -49,10 +50,8 @@ class FileServer:
                 self.end_headers()
                 with open(path, "rb") as fh:
                     fh.seek(start)
-                    try:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                         os.sendfile(self.wfile.fileno(), fh.fileno(), start, size - start)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -90,8 +89,9 @@ def make_inputs(work: Path) -> Inputs:
     raw = images / "bench.raw"
     write_image(raw, 256 * MiB, GiB, seed=1)
     qcow2 = images / "bench.qcow2"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
-                   check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
+    )
     raw2g = images / "bench2g.raw"
     write_image(raw2g, 512 * MiB, 2 * GiB, seed=2)
     return Inputs(raw, qcow2, raw2g, FileServer(images), 256 * MiB)

@@ -25,10 +25,17 @@ def make_tree(root: Path, count: int) -> None:
         directory = root / str(inst)
         directory.mkdir()
         used = name if i % 2 == 0 else "0" * 40
-        record = {"name": f"vm-{i}", "uuid": str(inst), "backend": "qcow2",
-                  "flavor": {"name": "x", "vcpus": 1, "memory_mb": 64, "root_gb": 1},
-                  "image_id": f"image-{i}", "image_base": used, "os_type": "linux",
-                  "disks": [{"name": "disk", "base": used}], "created_at": "2026-01-01"}
+        record = {
+            "name": f"vm-{i}",
+            "uuid": str(inst),
+            "backend": "qcow2",
+            "flavor": {"name": "x", "vcpus": 1, "memory_mb": 64, "root_gb": 1},
+            "image_id": f"image-{i}",
+            "image_base": used,
+            "os_type": "linux",
+            "disks": [{"name": "disk", "base": used}],
+            "created_at": "2026-01-01",
+        }
         (directory / "instance.json").write_text(json.dumps(record))
         disk = directory / "disk"
         disk.write_bytes(qcow2_header(str(base_dir / name)))

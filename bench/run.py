@@ -38,27 +38,50 @@ def timed(fn: Callable[[], object], repeat: int) -> list[float]:
     return samples
 
 
-def metric(value: float, unit: str, floor: float | None, target: float, *,
-           samples: list[float] | None = None, lower_is_better: bool = True,
-           ratio_target: bool = True, **extra: Any) -> Metric:
+def metric(
+    value: float,
+    unit: str,
+    floor: float | None,
+    target: float,
+    *,
+    samples: list[float] | None = None,
+    lower_is_better: bool = True,
+    ratio_target: bool = True,
+    **extra: Any,
+) -> Metric:
     ratio = value / floor if floor else None
     measured = ratio if ratio_target else value
     met = measured is not None and (measured <= target if lower_is_better else measured >= target)
-    out: Metric = {"value": round(value, 6), "unit": unit,
-                   "floor": round(floor, 6) if floor is not None else None,
-                   "ratio": round(ratio, 3) if ratio is not None else None,
-                   "target": target, "met": met, **extra}
+    out: Metric = {
+        "value": round(value, 6),
+        "unit": unit,
+        "floor": round(floor, 6) if floor is not None else None,
+        "ratio": round(ratio, 3) if ratio is not None else None,
+        "target": target,
+        "met": met,
+        **extra,
+    }
     if samples:
-        out.update(median=round(statistics.median(samples), 6), min=round(min(samples), 6),
-                   max=round(max(samples), 6), samples=len(samples))
+        out.update(
+            median=round(statistics.median(samples), 6),
+            min=round(min(samples), 6),
+            max=round(max(samples), 6),
+            samples=len(samples),
+        )
     return out
 
 
 def machine() -> dict[str, Any]:
-    qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True,
-                          check=True).stdout.splitlines()[0]
-    return {"cpus": os.cpu_count(), "kernel": platform.release(), "qemu_img": qemu,
-            "python": platform.python_version(), "machine": platform.machine()}
+    qemu = subprocess.run(
+        ["qemu-img", "--version"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[0]
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "qemu_img": qemu,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
 
 
 def table(metrics: dict[str, Metric]) -> str:
@@ -69,8 +92,10 @@ def table(metrics: dict[str, Metric]) -> str:
         note = m.get("note", "")
         if "subprocesses" in m:
             note = f"{m['subprocesses']} subprocesses/op {note}"
-        lines.append(f"{key:14} {m['value']:>10.4g} {m['unit']:<2}{floor:>11} {ratio:>8} "
-                     f"{m['target']:>8}  {'yes' if m['met'] else 'NO ':3}  {note}")
+        lines.append(
+            f"{key:14} {m['value']:>10.4g} {m['unit']:<2}{floor:>11} {ratio:>8} "
+            f"{m['target']:>8}  {'yes' if m['met'] else 'NO ':3}  {note}"
+        )
     return "\n".join(lines)
 
 
@@ -84,8 +109,7 @@ def run(quick: bool) -> dict[str, Any]:
             ("P1", lambda: scenarios.p1_warm_create(work, inputs, repeat, metric)),
             ("P2", lambda: scenarios.p2_cold_raw(work, inputs, max(3, repeat // 3), metric)),
             ("P3", lambda: scenarios.p3_cold_qcow2(work, inputs, max(3, repeat // 3), metric)),
-            ("P4", lambda: scenarios.p4_parallel_warm(work, inputs, max(3, repeat // 3),
-                                                      metric)),
+            ("P4", lambda: scenarios.p4_parallel_warm(work, inputs, max(3, repeat // 3), metric)),
             ("P5", lambda: scenarios.p5_stampede(work, inputs, metric)),
             ("P6", lambda: scenarios.p6_huge_root(work, inputs, repeat, metric)),
             ("P7", lambda: scenarios.p7_sparse_base(work, inputs, metric)),

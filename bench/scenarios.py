@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.fixtures import GiB, Inputs, host
+from bench.fixtures import Inputs, host
 from vmdisk.imagecache.store import ImageRequest
 from vmdisk.model import ConfigDriveSpec, InstanceSpec
 from vmdisk.settings import Flavor
@@ -32,8 +32,22 @@ def _spec(name: str, flavor: Flavor = TINY, **kw: Any) -> InstanceSpec:
 
 def _bare_create(base: Path, target: Path, size: str = "1G") -> float:
     start = time.perf_counter()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
-                    str(target), size], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            str(base),
+            "-F",
+            "raw",
+            str(target),
+            size,
+        ],
+        check=True,
+    )
     return time.perf_counter() - start
 
 
@@ -41,8 +55,9 @@ def _floor_create(work: Path, base: Path, repeat: int, size: str = "1G") -> list
     return [_bare_create(base, work / f"floor-{i}.qcow2", size) for i in range(repeat)]
 
 
-def _warm_samples(h: Any, request: ImageRequest, repeat: int, prefix: str,
-                  flavor: Flavor = TINY, **kw: Any) -> tuple[list[float], float]:
+def _warm_samples(
+    h: Any, request: ImageRequest, repeat: int, prefix: str, flavor: Flavor = TINY, **kw: Any
+) -> tuple[list[float], float]:
     samples, calls = [], []
     for i in range(repeat):
         before = h.runner.calls
@@ -60,9 +75,15 @@ def p1_warm_create(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) ->
     h.create_instance(_spec("warmup"), request)
     floor = _floor_create(work / "p1", base, repeat)
     samples, calls = _warm_samples(h, request, repeat, "p1")
-    return metric(statistics.median(samples), "s", statistics.median(floor), 1.5,
-                  samples=samples, subprocesses=calls,
-                  floor_detail="one qemu-img create -f qcow2 -b BASE -F raw")
+    return metric(
+        statistics.median(samples),
+        "s",
+        statistics.median(floor),
+        1.5,
+        samples=samples,
+        subprocesses=calls,
+        floor_detail="one qemu-img create -f qcow2 -b BASE -F raw",
+    )
 
 
 def _cold(work: Path, source: str, i: int) -> float:
@@ -95,8 +116,15 @@ def p2_cold_raw(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> Me
     files = [_cold(root / "file", str(inputs.raw), i) for i in range(repeat)]
     https = [_cold(root / "http", inputs.server.url("bench.raw"), i) for i in range(repeat)]
     http = metric(statistics.median(https), "s", floor, 1.2, samples=https)
-    out = metric(statistics.median(files), "s", floor, 1.2, samples=files,
-                 floor_detail="cp --sparse=always of the same file", http=http)
+    out = metric(
+        statistics.median(files),
+        "s",
+        floor,
+        1.2,
+        samples=files,
+        floor_detail="cp --sparse=always of the same file",
+        http=http,
+    )
     out["met"] = out["met"] and http["met"]
     return out
 
@@ -108,13 +136,21 @@ def p3_cold_qcow2(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> 
     for i in range(repeat):
         target = root / f"conv-{i}.raw"
         start = time.perf_counter()
-        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(inputs.qcow2),
-                        str(target)], check=True)
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(inputs.qcow2), str(target)],
+            check=True,
+        )
         floor.append(time.perf_counter() - start)
         target.unlink()
     samples = [_cold(root, str(inputs.qcow2), i) for i in range(repeat)]
-    return metric(statistics.median(samples), "s", statistics.median(floor), 1.1,
-                  samples=samples, floor_detail="one qemu-img convert -f qcow2 -O raw")
+    return metric(
+        statistics.median(samples),
+        "s",
+        statistics.median(floor),
+        1.1,
+        samples=samples,
+        floor_detail="one qemu-img convert -f qcow2 -O raw",
+    )
 
 
 def p4_parallel_warm(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> Metric:
@@ -125,8 +161,10 @@ def p4_parallel_warm(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) 
     one, _ = _warm_samples(h, request, repeat, "single")
     walls = []
     for r in range(repeat):
-        threads = [threading.Thread(target=h.create_instance,
-                                    args=(_spec(f"par-{r}-{i}"), request)) for i in range(8)]
+        threads = [
+            threading.Thread(target=h.create_instance, args=(_spec(f"par-{r}-{i}"), request))
+            for i in range(8)
+        ]
         start = time.perf_counter()
         for t in threads:
             t.start()
@@ -141,30 +179,63 @@ def p4_parallel_warm(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) 
         procs = []
         start = time.perf_counter()
         for i in range(8):
-            procs.append(subprocess.Popen(
-                ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base.path), "-F", "raw",
-                 str(work / "p4" / f"bare-{r}-{i}"), "1G"]))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "qemu-img",
+                        "create",
+                        "-q",
+                        "-f",
+                        "qcow2",
+                        "-b",
+                        str(base.path),
+                        "-F",
+                        "raw",
+                        str(work / "p4" / f"bare-{r}-{i}"),
+                        "1G",
+                    ]
+                )
+            )
         for proc in procs:
             proc.wait()
         bare.append(time.perf_counter() - start)
-    return metric(statistics.median(walls), "s", statistics.median(one), 2.0, samples=walls,
-                  floor_detail="one warm create, same run", concurrency=8,
-                  eight_bare_qemu_img_creates=round(statistics.median(bare), 6),
-                  ratio_to_eight_bare=round(statistics.median(walls) / statistics.median(bare), 3))
+    return metric(
+        statistics.median(walls),
+        "s",
+        statistics.median(one),
+        2.0,
+        samples=walls,
+        floor_detail="one warm create, same run",
+        concurrency=8,
+        eight_bare_qemu_img_creates=round(statistics.median(bare), 6),
+        ratio_to_eight_bare=round(statistics.median(walls) / statistics.median(bare), 3),
+    )
 
 
 def p5_stampede(work: Path, inputs: Inputs, metric: MetricFn) -> Metric:
     root = work / "p5"
     url = inputs.server.url("bench.qcow2")
     before = inputs.server.hits.get("/bench.qcow2", 0)
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.stampede", str(root), url, str(p)],
-                              stdout=subprocess.PIPE) for p in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.stampede", str(root), url, str(p)], stdout=subprocess.PIPE
+        )
+        for p in range(4)
+    ]
     results = [json.loads(p.communicate()[0]) for p in procs]
     downloads = inputs.server.hits.get("/bench.qcow2", 0) - before
     conversions = sum(r["conversions"] for r in results)
     created = sum(r["created"] for r in results)
-    out = metric(float(downloads), "downloads", None, 1, ratio_target=False,
-                 conversions=conversions, creates=created, processes=4)
+    out = metric(
+        float(downloads),
+        "downloads",
+        None,
+        1,
+        ratio_target=False,
+        conversions=conversions,
+        creates=created,
+        processes=4,
+    )
     out["met"] = downloads == 1 and conversions == 1 and created == 16
     return out
 
@@ -179,33 +250,62 @@ def p6_huge_root(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> M
     base = h.fetch_image(request).path
     bare_small = statistics.median(_floor_create(work / "p6", base, repeat, "1G"))
     bare_huge = statistics.median(
-        [_bare_create(base, work / "p6" / f"huge-{i}.qcow2", "64T") for i in range(repeat)])
-    return metric(statistics.median(huge), "s", statistics.median(small), 1.1, samples=huge,
-                  floor_detail="the same warm create with a 1 GiB root",
-                  qemu_img_alone_ratio=round(bare_huge / bare_small, 3),
-                  vmdisk_overhead_small=round(statistics.median(small) - bare_small, 6),
-                  vmdisk_overhead_huge=round(statistics.median(huge) - bare_huge, 6))
+        [_bare_create(base, work / "p6" / f"huge-{i}.qcow2", "64T") for i in range(repeat)]
+    )
+    return metric(
+        statistics.median(huge),
+        "s",
+        statistics.median(small),
+        1.1,
+        samples=huge,
+        floor_detail="the same warm create with a 1 GiB root",
+        qemu_img_alone_ratio=round(bare_huge / bare_small, 3),
+        vmdisk_overhead_small=round(statistics.median(small) - bare_small, 6),
+        vmdisk_overhead_huge=round(statistics.median(huge) - bare_huge, 6),
+    )
 
 
 def p7_sparse_base(work: Path, inputs: Inputs, metric: MetricFn) -> Metric:
     h = host(work / "p7")
     base = h.fetch_image(ImageRequest(inputs.server.url("bench.raw"))).path
     allocated = base.stat().st_blocks * 512
-    return metric(float(allocated), "bytes", float(inputs.data_bytes), 1.05,
-                  floor_detail="the image's non-zero data")
+    return metric(
+        float(allocated),
+        "bytes",
+        float(inputs.data_bytes),
+        1.05,
+        floor_detail="the image's non-zero data",
+    )
 
 
 def p8_fetch_rss(work: Path, inputs: Inputs, metric: MetricFn) -> Metric:
     root = work / "p8"
-    proc = subprocess.Popen([sys.executable, "-m", "vmdisk", "--json", "--instances-path",
-                             str(root), "image", "fetch", inputs.server.url("bench2g.raw")],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmdisk",
+            "--json",
+            "--instances-path",
+            str(root),
+            "image",
+            "fetch",
+            inputs.server.url("bench2g.raw"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError("P8 fetch failed")
     rss = usage.ru_maxrss * 1024
-    return metric(rss / 2**20, "MiB", None, 100, ratio_target=False,
-                  floor_detail="absolute: peak RSS of the whole vmdisk process")
+    return metric(
+        rss / 2**20,
+        "MiB",
+        None,
+        100,
+        ratio_target=False,
+        floor_detail="absolute: peak RSS of the whole vmdisk process",
+    )
 
 
 def p9_prune_planning(work: Path, count: int, metric: MetricFn) -> Metric:
@@ -220,8 +320,17 @@ def p9_prune_planning(work: Path, count: int, metric: MetricFn) -> Metric:
         plan, _ = h.prune(dry_run=True)
         samples.append(time.perf_counter() - start)
     in_use = sum(1 for d in plan.decisions if str(d.action) == "touch")
-    return metric(statistics.median(samples), "s", None, 2.0, samples=samples,
-                  ratio_target=False, bases=count, instances=count, in_use=in_use)
+    return metric(
+        statistics.median(samples),
+        "s",
+        None,
+        2.0,
+        samples=samples,
+        ratio_target=False,
+        bases=count,
+        instances=count,
+        in_use=in_use,
+    )
 
 
 def full_instance(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> Metric:
@@ -232,6 +341,12 @@ def full_instance(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> 
     h.create_instance(_spec("warmup", FULL, config_drive=drive), request)
     floor = _floor_create(work / "full", base, repeat)
     samples, calls = _warm_samples(h, request, repeat, "full", FULL, config_drive=drive)
-    return metric(statistics.median(samples), "s", statistics.median(floor), 4.0,
-                  samples=samples, subprocesses=calls,
-                  note="root+ephemeral+swap+config drive+libvirt.xml")
+    return metric(
+        statistics.median(samples),
+        "s",
+        statistics.median(floor),
+        4.0,
+        samples=samples,
+        subprocesses=calls,
+        note="root+ephemeral+swap+config drive+libvirt.xml",
+    )

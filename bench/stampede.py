@@ -23,13 +23,19 @@ class CountingRunner(SubprocessRunner):
         super().__init__()
         self.conversions = 0
 
-    def run(self, argv: Sequence[str], *, timeout: float | None = None,
-            limits: Limits | None = None, check: bool = True, input: bytes | None = None,
-            env: Mapping[str, str] | None = None) -> CommandResult:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        limits: Limits | None = None,
+        check: bool = True,
+        input: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
         if list(argv[:2]) == ["qemu-img", "convert"]:
             self.conversions += 1
-        return super().run(argv, timeout=timeout, limits=limits, check=check, input=input,
-                           env=env)
+        return super().run(argv, timeout=timeout, limits=limits, check=check, input=input, env=env)
 
 
 def main() -> None:
@@ -38,8 +44,7 @@ def main() -> None:
     runner = CountingRunner()
     h.runner = runner
     h.qemu.runner = runner
-    h.provisioner = type(h.provisioner)(h.cache, h.templates, h.store, h.qemu, runner,
-                                        h.host_facts)
+    h.provisioner = type(h.provisioner)(h.cache, h.templates, h.store, h.qemu, runner, h.host_facts)
     done: list[str] = []
 
     def create(i: int) -> None:

@@ -160,8 +160,7 @@ class InstanceStore:
         names.mkdir(exist_ok=True)
         owner = self._uuid_of(name)
         if owner is not None and self._alive(owner):
-            raise InstanceExists(f"an instance named {name!r} exists ({owner})",
-                                 reason="exists")
+            raise InstanceExists(f"an instance named {name!r} exists ({owner})", reason="exists")
         write_atomic(names / name, uuid.encode())
 
     def _alive(self, uuid: str) -> bool:

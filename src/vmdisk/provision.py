@@ -198,8 +198,9 @@ class _Background:
             raise self._error
 
 
-def _check_and_write_metadata(base: CachedImage, build: Path, formats: dict[str, str],
-                              record: InstanceRecord, xml: str) -> None:
+def _check_and_write_metadata(
+    base: CachedImage, build: Path, formats: dict[str, str], record: InstanceRecord, xml: str
+) -> None:
     """Re-check the base's header (it may predate a rule), then write the metadata.
 
     The build directory is itself temporary: its files need no rename of their own, only an
@@ -208,8 +209,11 @@ def _check_and_write_metadata(base: CachedImage, build: Path, formats: dict[str,
     if base.record.format == "raw" and base.record.kind == "image":
         inspect.recheck_raw_base(base.path)
     (build / "console.log").touch(mode=0o640)
-    contents = {diskinfo.FILENAME: (json.dumps(formats) + "\n").encode(),
-                RECORD: record.to_json(), "libvirt.xml": xml.encode()}
+    contents = {
+        diskinfo.FILENAME: (json.dumps(formats) + "\n").encode(),
+        RECORD: record.to_json(),
+        "libvirt.xml": xml.encode(),
+    }
     for name, data in contents.items():
         with open(build / name, "xb") as fh:
             fh.write(data)
