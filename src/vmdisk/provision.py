@@ -11,6 +11,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +98,11 @@ class Provisioner:
         build: Path,
         base: CachedImage,
         boot_files: Mapping[str, ImageRequest],
-    ) -> dict[str, str]:
-        formats: dict[str, str] = {}
-        for disk in plan.disks:
+    ) -> None:
+        """Make every planned disk; independent of each other, so they are made concurrently
+        (each is mostly a qemu-img or mkfs process, or the config drive's own CPU work)."""
+
+        def make(disk: DiskPlan) -> None:
             target = build / disk.name
             if disk.role is DiskRole.CONFIG:
                 self.make_config_drive(plan, target)
@@ -109,8 +112,13 @@ class Provisioner:
                 backend.ensure_disk(disk, target, base)
                 if plan.preallocate and disk.size and fallocate_supported(build):
                     preallocate(target, disk.size)
-            formats[str(disk.path)] = disk.format
-        return formats
+
+        if len(plan.disks) == 1:
+            make(plan.disks[0])
+            return
+        with ThreadPoolExecutor(max_workers=len(plan.disks)) as pool:
+            for future in [pool.submit(make, disk) for disk in plan.disks]:
+                future.result()
 
     def copy_boot_file(self, request: ImageRequest, target: Path) -> None:
         """Kernels and ramdisks are cached raw in _base and copied (reflink/sparse) per instance."""

@@ -106,7 +106,9 @@ def _acquire(fd: int, mode: int, deadline: float, name: str) -> None:
                 hint="another vmdisk process is working on the same image; try again later",
             )
         time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        # A short cap: lock holders (overlay creation, a rename) finish in milliseconds, and a
+        # long sleep here is latency every waiter pays.
+        delay = min(delay * 2, 0.005)
 
 
 def _same_file(fd: int, path: Path) -> bool:
