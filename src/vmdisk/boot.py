@@ -67,6 +67,10 @@ def qemu_argv(domain: Domain) -> list[str]:
     for disk in domain.disks:
         if isinstance(disk.source, NetworkSource):
             source = f"rbd:{disk.source.name}"
+            if domain.ceph_conf is not None:
+                source += f":conf={domain.ceph_conf}"
+            if disk.source.auth_user:
+                source += f":id={disk.source.auth_user}"
         else:
             source = str(disk.source)
         spec = f"file={_opt(source)},format={disk.driver_type},cache={disk.cache}"

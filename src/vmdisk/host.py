@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
 from vmdisk import diskinfo, lifecycle
+from vmdisk.backends.rbd import RbdConfig, remove_instance_images
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
+from vmdisk.errors import ImageNotFound, UnsafeImage
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir, write_atomic
 from vmdisk.imagecache.cleaner import (
     CleanupPlan,
@@ -25,20 +27,24 @@ from vmdisk.imagecache.cleaner import (
     register_host,
 )
 from vmdisk.imagecache.entries import scan
+from vmdisk.imagecache.glance import FORMATS as GLANCE_FORMATS
+from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
+from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
 from vmdisk.imagecache.locks import Locks
-from vmdisk.imagecache.sources import open_source
+from vmdisk.imagecache.sources import ImageSource, open_source
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.imagecache.usage import bases_in_use
 from vmdisk.imagecache.verify import Verdict, verify_cache
 from vmdisk.instances import Instance, InstanceStore
 from vmdisk.libvirt import probe
-from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain, parse_network
+from vmdisk.libvirt.domain import CephFacts, Domain, HostFacts, instance_domain, parse_network
 from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
 from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.provision import Provisioner, check_disks_present, write_domain_xml
 from vmdisk.settings import Settings
+from vmdisk.tools.ceph import monitors
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Limits, Runner, SubprocessRunner
 
@@ -65,18 +71,26 @@ class Host:
             self.qemu,
             force_raw=settings.force_raw_images,
             max_virtual_size=settings.image_cache.max_virtual_size,
-            sources=functools.partial(
-                open_source,
-                connect_timeout=settings.image_cache.download_connect_timeout,
-                stall_timeout=settings.image_cache.download_stall_timeout,
-            ),
+            sources=self.open_source,
             progress=self.progress,
         )
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", "compute_nodes"})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
+        self.rbd = RbdConfig(
+            pool=lib.images_rbd_pool,
+            conf=Path(lib.images_rbd_ceph_conf) if lib.images_rbd_ceph_conf else None,
+            user=lib.rbd_user,
+            secret_uuid=lib.rbd_secret_uuid,
+        )
         self.provisioner = Provisioner(
-            self.cache, self.templates, self.store, self.qemu, self.runner, self.host_facts
+            self.cache,
+            self.templates,
+            self.store,
+            self.qemu,
+            self.runner,
+            self.host_facts,
+            self.rbd,
         )
         self._facts: HostFacts | None = None
         self._prepared = False
@@ -86,13 +100,60 @@ class Host:
         if self._facts is None:
             lib = self.settings.libvirt
             self.prepare()
+            ceph = CephFacts(
+                hosts=monitors(self.rbd.conf) if self.rbd.conf else (),
+                user=self.rbd.user,
+                secret_uuid=self.rbd.secret_uuid,
+                conf=self.rbd.conf,
+            )
             self._facts = HostFacts(
                 virt_type=probe.virt_type(self.runner, lib.virt_type, cache_dir()),
                 machine=lib.machine_type,
                 direct_io=direct_io_supported(self.settings.instances_path),
                 interface=parse_network(lib.network),
+                ceph=ceph,
             )
         return self._facts
+
+    def open_source(self, text: str) -> ImageSource:
+        """Sources by scheme: glance:// through the configured Glance, the rest as given."""
+        if text.startswith(GLANCE_SCHEME):
+            return GlanceSource(self.glance(), image_id_of(text))
+        c = self.settings.image_cache
+        return open_source(
+            text, connect_timeout=c.download_connect_timeout, stall_timeout=c.download_stall_timeout
+        )
+
+    def glance(self) -> Glance:
+        g = self.settings.glance
+        return Glance(g.api_url, g.token, g.project)
+
+    def resolve(self, request: ImageRequest) -> ImageRequest:
+        """Fill what Glance knows: the id, the declared format, the hash, an rbd:// location."""
+        if not request.source.startswith(GLANCE_SCHEME):
+            return request
+        image = self.glance().image(image_id_of(request.source))
+        if image.status != "active":
+            raise ImageNotFound(
+                f"Glance image {image.id} is {image.status}, not active", reason="not-active"
+            )
+        declared = GLANCE_FORMATS.get(image.disk_format)
+        if declared is None:
+            raise UnsafeImage(
+                f"Glance disk_format {image.disk_format!r} is not allowed", reason="format-mismatch"
+            )
+        if request.declared_format and request.declared_format != declared:
+            raise UnsafeImage(
+                f"declared {request.declared_format} but Glance says {declared}",
+                reason="format-mismatch",
+            )
+        return dataclasses.replace(
+            request,
+            image_id=request.image_id or image.id,
+            declared_format=declared,
+            checksum=request.checksum or image.checksum,
+            location=image.direct_url if declared == "raw" else None,
+        )
 
     def prepare(self) -> None:
         """Create instances_path, _base and locks; refuse any of them being a symlink."""
@@ -105,7 +166,7 @@ class Host:
 
     def fetch_image(self, request: ImageRequest) -> CachedImage:
         self.prepare()
-        return self.cache.ensure(request)
+        return self.cache.ensure(self.resolve(request))
 
     def plan(
         self,
@@ -125,11 +186,16 @@ class Host:
     ) -> Instance:
         """Create an instance; `boot_files` maps "kernel"/"ramdisk" to their image requests."""
         boot_files = {
-            name: dataclasses.replace(r, kind=name) for name, r in (boot_files or {}).items()
+            name: dataclasses.replace(self.resolve(r), kind=name)
+            for name, r in (boot_files or {}).items()
         }
+        request = self.resolve(request)
         plan = self.plan(spec, request, boot_files)
         self.prepare()
         return self.provisioner.create(plan, request, boot_files)
+
+    def describe(self, inst: Instance) -> dict[str, Any]:
+        return lifecycle.describe(inst, self.rbd)
 
     def instances(self) -> list[Instance]:
         return self.store.all()
@@ -139,6 +205,7 @@ class Host:
 
     def delete_instance(self, ref: str) -> Instance:
         inst = self.store.find(ref)
+        remove_instance_images(self.rbd, [d["rbd"] for d in inst.record.disks if d.get("rbd")])
         self.store.delete(inst)
         return inst
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vmdisk import diskinfo
+from vmdisk.backends.rbd import RbdBackend, RbdConfig, describe_images
 from vmdisk.errors import InvalidRequest
 from vmdisk.fsutil import copy_sparse, removing_on_error, temp_name
 from vmdisk.imagecache.store import ImageRequest
@@ -25,10 +26,11 @@ from vmdisk.units import GiB
 LEGACY_SUFFIX_DIGITS = 10
 
 
-def describe(inst: Instance) -> dict[str, Any]:
-    """`show --json`: the record plus each disk's format, sizes and backing file."""
+def describe(inst: Instance, rbd: RbdConfig | None = None) -> dict[str, Any]:
+    """`show --json`: the record plus each disk's format, sizes and backing file (for RBD
+    disks: pool, image and parent)."""
     formats = diskinfo.read(inst.path)
-    disks = []
+    disks = _rbd_disks(inst, rbd)
     for path, fmt in formats.items():
         entry: dict[str, Any] = {"name": Path(path).name, "path": path, "format": fmt}
         try:
@@ -42,6 +44,34 @@ def describe(inst: Instance) -> dict[str, Any]:
             entry.update(virtual_size=None, allocated=None, backing_file=None, error=str(exc))
         disks.append(entry)
     return {**summary(inst), "disks": disks, "rescue": inst.record.rescue is not None}
+
+
+def _rbd_disks(inst: Instance, rbd: RbdConfig | None) -> list[dict[str, Any]]:
+    specs = [str(d["rbd"]) for d in inst.record.disks if d.get("rbd")]
+    if not specs:
+        return []
+    facts = describe_images(rbd, specs) if rbd is not None else {}
+    out = []
+    for disk in inst.record.disks:
+        spec = disk.get("rbd")
+        if not spec:
+            continue
+        found = facts.get(str(spec), {})
+        pool, image = str(spec).split("/", 1)
+        out.append(
+            {
+                "name": disk["name"],
+                "path": f"rbd:{spec}",
+                "format": "raw",
+                "pool": pool,
+                "image": image,
+                "virtual_size": found.get("virtual_size"),
+                "allocated": None,
+                "backing_file": found.get("parent"),
+                "parent": found.get("parent"),
+            }
+        )
+    return out
 
 
 def summary(inst: Instance) -> dict[str, Any]:
@@ -67,8 +97,13 @@ def resize(
     formats = diskinfo.read(inst.path)
     backend = prov.backend(BackendName(inst.record.backend))
     changes = [("disk", "root_gb", root_gb), ("disk.local", "ephemeral_gb", ephemeral_gb)]
+    rbd_specs = {str(d["name"]): str(d["rbd"]) for d in inst.record.disks if d.get("rbd")}
     for disk_name, key, new in changes:
         if new is None:
+            continue
+        if disk_name in rbd_specs and isinstance(backend, RbdBackend):
+            _resize_rbd(backend, rbd_specs[disk_name], disk_name, new)
+            flavor[key] = new
             continue
         path = inst.path / disk_name
         if str(path) not in formats:
@@ -89,6 +124,18 @@ def resize(
     return Instance(inst.path, record)
 
 
+def _resize_rbd(backend: RbdBackend, spec: str, disk_name: str, new_gb: int) -> None:
+    current = describe_images(backend.config, [spec]).get(spec, {}).get("virtual_size")
+    if not isinstance(current, int):
+        raise InvalidRequest(f"RBD image {spec} of {disk_name} is missing", reason="disk-missing")
+    if new_gb * GiB < current:
+        raise InvalidRequest(
+            f"unable to resize {disk_name} down: it is {current // GiB} GiB, asked for {new_gb}",
+            reason="shrink-refused",
+        )
+    backend.resize_image(spec, new_gb * GiB)
+
+
 def rescue(
     prov: Provisioner,
     inst: Instance,
@@ -101,6 +148,10 @@ def rescue(
     """
     if inst.record.rescue is not None:
         raise InvalidRequest(f"{inst.record.name} is already in rescue mode", reason="in-rescue")
+    if inst.record.backend == "rbd":
+        raise InvalidRequest(
+            "rescue is not supported for RBD-backed instances yet", reason="not-supported"
+        )
     image_id, _ = prov.cache.identify(request)
     backend_name = BackendName(inst.record.backend)
     disk = plan_rescue(inst.path, backend_name, image_id)

@@ -99,9 +99,15 @@ class DiskPlan:
     fs: str | None = None
     label: str | None = None
     mkfs_command: str | None = None
+    rbd: str | None = None  # "pool/image" when the disk lives in Ceph, not in the directory
+
+    @property
+    def local(self) -> bool:
+        return self.rbd is None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "rbd": self.rbd,
             "name": self.name,
             "role": str(self.role),
             "path": str(self.path),

@@ -5,6 +5,7 @@ Everything `vmdisk create --dry-run` prints comes from here, and unit tests asse
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from vmdisk.model import (
 )
 from vmdisk.settings import Settings
 from vmdisk.units import GiB, MiB
+
+_RBD_ROLES = (DiskRole.ROOT, DiskRole.EPHEMERAL, DiskRole.SWAP, DiskRole.CONFIG)
 
 #: Nova's default ephemeral file system by os_type (privsep/fs.py).
 DEFAULT_FS = {OsType.LINUX: "ext4", OsType.WINDOWS: "ntfs"}
@@ -70,7 +73,7 @@ def plan_disks(
     """`boot_ids` maps "kernel"/"ramdisk" to image ids, for images booted the AMI way."""
     backend = choose_backend(spec.backend, settings)
     instance_dir = settings.instances_path / spec.uuid
-    cow = backend is BackendName.QCOW2
+    cow = backend in (BackendName.QCOW2, BackendName.RBD)  # RBD clones templates like overlays
     fmt = "qcow2" if cow else "raw"
     flavor = spec.flavor
     _check_sizes(spec)
@@ -141,6 +144,14 @@ def plan_disks(
                 label="cidata" if drive.seed == "nocloud" else "config-2",
             )
         )
+    if backend is BackendName.RBD:
+        pool = settings.libvirt.images_rbd_pool
+        disks = [
+            dataclasses.replace(d, format="raw", rbd=f"{pool}/{spec.uuid}_{d.name}")
+            if d.role in _RBD_ROLES
+            else d
+            for d in disks
+        ]
     return InstancePlan(
         name=spec.name,
         uuid=spec.uuid,

@@ -6,6 +6,7 @@ disk.info, instance record, domain XML, then one rename publishes the instance.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from vmdisk import diskinfo
 from vmdisk.backends import DiskBackend, backend_class
 from vmdisk.backends.base import verify_base_size
+from vmdisk.backends.rbd import RbdBackend, RbdConfig, remove_instance_images
 from vmdisk.errors import DiskMissing, InvalidRequest
 from vmdisk.fsutil import (
     copy_sparse,
@@ -49,8 +51,13 @@ class Provisioner:
     qemu: QemuImg
     runner: Runner
     host_facts: Callable[[], HostFacts]
+    rbd: RbdConfig = RbdConfig()
 
-    def backend(self, name: BackendName) -> DiskBackend:
+    def backend(self, name: BackendName, location: str | None = None) -> DiskBackend:
+        if name is BackendName.RBD:
+            return RbdBackend(
+                self.qemu, self.runner, self.templates, self.rbd, self.cache.locks, location
+            )
         return backend_class(name)(self.qemu, self.runner, self.templates)
 
     def create(
@@ -71,23 +78,44 @@ class Provisioner:
     def _create(
         self, plan: InstancePlan, request: ImageRequest, boot_files: Mapping[str, ImageRequest]
     ) -> Instance:
-        backend = self.backend(plan.backend)
+        backend = self.backend(plan.backend, request.location)
+        try:
+            return self._create_with(backend, plan, request, boot_files)
+        finally:
+            if isinstance(backend, RbdBackend):
+                backend.close()
+
+    def _create_with(
+        self,
+        backend: DiskBackend,
+        plan: InstancePlan,
+        request: ImageRequest,
+        boot_files: Mapping[str, ImageRequest],
+    ) -> Instance:
         bases = [d.base for d in plan.disks if d.base]
         reserve = self.store.reserve(plan.name, plan.uuid, bases)
-        with reserve as build, self.cache.using(request, recheck=False) as base:
+        # An RBD root cloned from Glance's own snapshot needs no local base at all.
+        clone = isinstance(backend, RbdBackend) and backend.can_clone()
+        using = contextlib.nullcontext(None) if clone else self.cache.using(request, recheck=False)
+        with reserve as build, using as base:
             root = plan.disk("disk")
-            verify_base_size(base, root.size if root else None)
-            if plan.backend is BackendName.FLAT:
+            if base is not None:
+                verify_base_size(base, root.size if root else None)
+            if plan.backend is BackendName.FLAT and base is not None:
                 require_space(build, _flat_bytes(plan, base), "the flat copies of the disks")
-            formats = {str(d.path): d.format for d in plan.disks}
+            formats = {str(d.path): d.format for d in plan.disks if d.local}
             record = instance_record(plan, base, request)
             xml = render(domain_for(record, plan.instance_dir, formats, self.host_facts()))
             # The base's header re-check and the metadata depend only on the plan: do them
             # while qemu-img makes the disks. Nothing is published unless both succeed.
             meta = _Background(_check_and_write_metadata, base, build, formats, record, xml)
-            self.make_disks(plan, backend, build, base, boot_files)
+            try:
+                self.make_disks(plan, backend, build, base, boot_files)
+            except BaseException:
+                remove_instance_images(self.rbd, [d.rbd for d in plan.disks if d.rbd])
+                raise
             meta.result()
-            _sync_files(build, [d.name for d in plan.disks])
+            _sync_files(build, [d.name for d in plan.disks if d.local])
             self.store.publish(build, plan.instance_dir)
         return Instance(plan.instance_dir, record)
 
@@ -96,7 +124,7 @@ class Provisioner:
         plan: InstancePlan,
         backend: DiskBackend,
         build: Path,
-        base: CachedImage,
+        base: CachedImage | None,
         boot_files: Mapping[str, ImageRequest],
     ) -> None:
         """Make every planned disk; independent of each other, so they are made concurrently
@@ -106,6 +134,8 @@ class Provisioner:
             target = build / disk.name
             if disk.role is DiskRole.CONFIG:
                 self.make_config_drive(plan, target)
+                if not disk.local and isinstance(backend, RbdBackend):
+                    backend.adopt(disk, target)
             elif disk.role in (DiskRole.KERNEL, DiskRole.RAMDISK):
                 self.copy_boot_file(boot_files[disk.name], target)
             else:
@@ -133,14 +163,16 @@ class Provisioner:
         build_drive(plan, plan.config_drive, target, self.runner)
 
 
-def instance_record(plan: InstancePlan, base: CachedImage, request: ImageRequest) -> InstanceRecord:
+def instance_record(
+    plan: InstancePlan, base: CachedImage | None, request: ImageRequest
+) -> InstanceRecord:
     return InstanceRecord(
         name=plan.name,
         uuid=plan.uuid,
         backend=str(plan.backend),
         flavor=flavor_dict(plan.flavor),
         image_id=plan.image_id,
-        image_base=base.name,
+        image_base=base.name if base is not None else plan.image_base,
         image_source=request.source,
         host=os.uname().nodename,
         os_type=str(plan.os_type),
@@ -174,6 +206,7 @@ def _disk_entry(disk: DiskPlan) -> dict[str, object]:
         "base": disk.base,
         "label": disk.label,
         "fs": disk.fs,
+        "rbd": disk.rbd,
     }
 
 
@@ -214,7 +247,7 @@ def _check_and_write_metadata(
     The build directory is itself temporary: its files need no rename of their own, only an
     fsync before the rename that publishes the instance.
     """
-    if base.record.format == "raw" and base.record.kind == "image":
+    if base is not None and base.record.format == "raw" and base.record.kind == "image":
         inspect.recheck_raw_base(base.path)
     (build / "console.log").touch(mode=0o640)
     contents = {

@@ -75,9 +75,21 @@ class LibvirtSettings:
     virt_type: str = _kind("str", "auto", choices=("auto", "kvm", "qemu"))
     machine_type: str = _kind("str", "pc")
     network: str = _kind("str", "none")
+    images_rbd_pool: str = _kind("str", "vms")
+    images_rbd_ceph_conf: str = _kind("str", "")
+    rbd_user: str | None = _kind("str?", None)
+    rbd_secret_uuid: str | None = _kind("str?", None)
+    images_rbd_glance_store_name: str = _kind("str", "")
     inject_partition: int = _kind("int", -2)
     inject_key: bool = _kind("bool", False)
     inject_password: bool = _kind("bool", False)
+
+
+@dataclass(frozen=True, slots=True)
+class GlanceSettings:
+    api_url: str = _kind("str", "")
+    token: str | None = _kind("str?", None)
+    project: str | None = _kind("str?", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,7 @@ class Settings:
     config_drive_format: str = _kind("str", "iso9660", choices=("iso9660", "vfat"))
     image_cache: ImageCacheSettings = field(default_factory=ImageCacheSettings)
     libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
+    glance: GlanceSettings = field(default_factory=GlanceSettings)
     flavors: Mapping[str, Flavor] = field(default_factory=lambda: dict(BUILTIN_FLAVORS))
     config_file: Path | None = None
 
@@ -110,7 +123,11 @@ class Settings:
         return dict(entry.split("=", 1) for entry in self.virt_mkfs)
 
 
-_SECTIONS: dict[str, type[Any]] = {"image_cache": ImageCacheSettings, "libvirt": LibvirtSettings}
+_SECTIONS: dict[str, type[Any]] = {
+    "image_cache": ImageCacheSettings,
+    "libvirt": LibvirtSettings,
+    "glance": GlanceSettings,
+}
 
 
 def default_instances_path() -> Path:
@@ -155,7 +172,11 @@ def load_settings(
         name: _build(cls, raw.pop(name, {}), where, f"[{name}] ") for name, cls in _SECTIONS.items()
     }
     top = _build(
-        Settings, raw, where, "", skip=("image_cache", "libvirt", "flavors", "config_file")
+        Settings,
+        raw,
+        where,
+        "",
+        skip=("image_cache", "libvirt", "glance", "flavors", "config_file"),
     )
     settings: Settings = dataclasses.replace(top, flavors=flavors, config_file=path, **sections)
     _validate(settings, where)

@@ -66,3 +66,49 @@ def test_qemu_command_line_follows_the_same_domain() -> None:
     assert "pc,accel=tcg" in tcg and "-cpu" not in tcg
     assert tcg[tcg.index("-kernel") + 1] == f"{DIR}/kernel"
     assert tcg[tcg.index("-append") + 1] == "root=/dev/vda console=ttyS0 quiet"
+
+
+@pytest.mark.parametrize(
+    ("raw", "hosts"),
+    [
+        ("[v1:127.0.0.1:4567]", (("127.0.0.1", 4567),)),
+        (
+            "v2:10.0.0.1:3300/0,v1:10.0.0.1:6789/0 10.0.0.2",
+            (("10.0.0.1", 6789), ("10.0.0.2", 6789)),
+        ),
+        (
+            "[v2:192.0.2.1:3300,v1:192.0.2.1:6789],[v2:192.0.2.2:3300]",
+            (("192.0.2.1", 6789), ("192.0.2.2", 3300)),
+        ),
+        ("mon1.example.com", (("mon1.example.com", 6789),)),
+    ],
+)
+def test_monitor_addresses(raw: str, hosts: tuple[tuple[str, int], ...]) -> None:
+    from vmdisk.tools.ceph import parse_mon_host
+
+    assert parse_mon_host(raw) == hosts
+
+
+def test_rbd_disks_render_as_network_sources_with_cephx() -> None:
+    from tests.domains import DIR, record
+    from vmdisk.libvirt.domain import CephFacts, HostFacts, domain_for
+
+    rec = record(
+        backend="rbd",
+        disks=[
+            {"name": "disk", "rbd": "vms/u_disk"},
+            {"name": "disk.config", "rbd": "vms/u_disk.config"},
+        ],
+    )
+    ceph = CephFacts((("192.0.2.1", 6789),), "nova", "5b1f1b8a-3f0c-4a1a-9d7c-8c6f7b6a5e4d")
+    root = ET.fromstring(render(domain_for(rec, DIR, {}, HostFacts("qemu", ceph=ceph))))
+    disks = list(root.iter("disk"))
+    assert [d.get("type") for d in disks] == ["network", "network"]
+    source = disks[0].find("source")
+    assert source is not None and source.get("protocol") == "rbd"
+    assert source.get("name") == "vms/u_disk"
+    assert source.find("host").get("port") == "6789"  # type: ignore[union-attr]
+    auth = disks[0].find("auth")
+    assert auth is not None and auth.get("username") == "nova"
+    assert auth.find("secret").get("type") == "ceph"  # type: ignore[union-attr]
+    assert disks[1].get("device") == "cdrom"

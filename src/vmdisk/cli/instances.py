@@ -173,7 +173,7 @@ def _drive_spec(settings: Settings, opts: dict[str, Any]) -> tuple[ConfigDriveSp
 )
 @click.option("--uuid", "uuid_text")
 @click.option("--os-type", type=click.Choice([o.value for o in OsType]), default="linux")
-@click.option("--backend", type=click.Choice(["qcow2", "flat"]))
+@click.option("--backend", type=click.Choice(["qcow2", "flat", "rbd"]))
 @click.option("--config-drive", is_flag=True, help="Build disk.config (config-2).")
 @click.option("--seed", type=click.Choice(["config-2", "nocloud"]), help="Drive flavour.")
 @click.option("--user-data", type=click.Path(dir_okay=False))
@@ -240,7 +240,7 @@ def create(
         a.output.emit({"dry_run": True, **plan.to_dict()}, lambda out: _print_plan(out, plan))
         return
     inst = a.host.create_instance(spec, request, boot_files)
-    data = lifecycle.describe(inst)
+    data = a.host.describe(inst)
     if generated and drive is not None:
         data["admin_pass"] = drive.admin_pass  # shown once, like Nova's API; never logged
     a.output.emit(data, lambda out: _print_instance(out, data, created=True))
@@ -320,7 +320,7 @@ def list_cmd(ctx: click.Context) -> None:
 def show(ctx: click.Context, ref: str) -> None:
     """Show an instance and its disks (format, sizes, backing file)."""
     a = app(ctx)
-    data = lifecycle.describe(a.host.instance(ref))
+    data = a.host.describe(a.host.instance(ref))
     a.output.emit(data, lambda out: _print_instance(out, data))
 
 
@@ -347,7 +347,7 @@ def resize(ctx: click.Context, ref: str, root_gb: int | None, ephemeral_gb: int 
     if root_gb is None and ephemeral_gb is None:
         raise click.UsageError("give --root-gb and/or --ephemeral-gb")
     a = app(ctx)
-    data = lifecycle.describe(a.host.resize_instance(ref, root_gb, ephemeral_gb))
+    data = a.host.describe(a.host.resize_instance(ref, root_gb, ephemeral_gb))
     a.output.emit(data, lambda out: _print_instance(out, data))
 
 
@@ -368,7 +368,7 @@ def rescue(
     """Create disk.rescue; the instance's disk is left untouched."""
     a = app(ctx)
     request = image_request(source, image_id, fmt, checksum, max_size) if source else None
-    data = lifecycle.describe(a.host.rescue_instance(ref, request))
+    data = a.host.describe(a.host.rescue_instance(ref, request))
     a.output.emit(data, lambda out: _print_instance(out, data))
 
 
@@ -378,7 +378,7 @@ def rescue(
 def unrescue(ctx: click.Context, ref: str) -> None:
     """Remove disk.rescue and leave rescue mode."""
     a = app(ctx)
-    data = lifecycle.describe(a.host.unrescue_instance(ref))
+    data = a.host.describe(a.host.unrescue_instance(ref))
     a.output.emit(data, lambda out: _print_instance(out, data))
 
 

@@ -55,6 +55,7 @@ class ImageRequest:
     checksum: Checksum | None = None
     max_size: int | None = None
     kind: str = "image"  # or "kernel" / "ramdisk": cached raw, never converted
+    location: str | None = None  # rbd://fsid/pool/image/snap when Glance keeps it in Ceph
 
 
 @dataclass(frozen=True, slots=True)

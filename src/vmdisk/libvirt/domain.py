@@ -67,6 +67,7 @@ class Domain:
     flavor: str = ""
     image_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    ceph_conf: Path | None = None  # for qemu's own rbd: driver (libvirt takes <host>s)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -183,6 +184,16 @@ def parse_network(setting: str) -> Interface | None:
 
 
 @dataclass(frozen=True, slots=True)
+class CephFacts:
+    """Where RBD disks are: monitors from ceph.conf, and cephx user and libvirt secret."""
+
+    hosts: tuple[tuple[str, int], ...] = ()
+    user: str | None = None
+    secret_uuid: str | None = None
+    conf: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HostFacts:
     """What the XML needs from the host and settings, decided once at the edge."""
 
@@ -190,6 +201,7 @@ class HostFacts:
     machine: str = "pc"
     direct_io: bool = True
     interface: Interface | None = None
+    ceph: CephFacts = CephFacts()
 
 
 def domain_for(
@@ -207,16 +219,23 @@ def domain_for(
     preallocated = bool(rec.extra.get("preallocate"))
     cache = "none" if host.direct_io else "writeback"
     io = "native" if preallocated and cache == "none" else None
+    sources = _sources(rec, directory, formats, host.ceph)
     disks: list[DiskDevice] = []
-    for index, name in enumerate(_boot_order(formats, rescue)):
-        path = directory / name
+    for index, name in enumerate(_boot_order(sources, rescue)):
+        source, fmt = sources[name]
+        disks.append(DiskDevice(source, f"vd{DISK_LETTERS[index]}", fmt, cache=cache, io=io))
+    drive = "disk.config.rescue" if rescue else "disk.config"
+    if drive in sources:
         disks.append(
-            DiskDevice(path, f"vd{DISK_LETTERS[index]}", formats[str(path)], cache=cache, io=io)
-        )
-    drive = directory / ("disk.config.rescue" if rescue else "disk.config")
-    if str(drive) in formats:
-        disks.append(
-            DiskDevice(drive, "hda", "raw", bus="ide", device="cdrom", cache=cache, readonly=True)
+            DiskDevice(
+                sources[drive][0],
+                "hda",
+                "raw",
+                bus="ide",
+                device="cdrom",
+                cache=cache,
+                readonly=True,
+            )
         )
     if kernel is None:
         kernel, initrd = _boot_files(directory, formats, rescue)
@@ -235,6 +254,7 @@ def domain_for(
         interface=host.interface,
         flavor=str(rec.flavor.get("name", "")),
         image_id=rec.image_id,
+        ceph_conf=host.ceph.conf,
     )
 
 
@@ -247,7 +267,23 @@ _NOT_DISKS = frozenset(
 )
 
 
-def _boot_order(formats: dict[str, str], rescue: bool) -> list[str]:
+def _sources(
+    rec: InstanceRecord, directory: Path, formats: dict[str, str], ceph: CephFacts
+) -> dict[str, tuple[Path | NetworkSource, str]]:
+    """Every disk by name: local files from disk.info, RBD images from the record."""
+    sources: dict[str, tuple[Path | NetworkSource, str]] = {
+        Path(p).name: (directory / Path(p).name, fmt) for p, fmt in formats.items()
+    }
+    for disk in rec.disks:
+        if disk.get("rbd"):
+            network = NetworkSource(
+                "rbd", str(disk["rbd"]), ceph.hosts, ceph.user, ceph.secret_uuid
+            )
+            sources[str(disk["name"])] = (network, "raw")
+    return sources
+
+
+def _boot_order(formats: dict[str, Any], rescue: bool) -> list[str]:
     """vda is the root (disk.rescue in rescue, then the original disk), then the others."""
     rank = {"disk.rescue": 0, "disk": 1, "disk.local": 2, "disk.swap": 9}
     names = [Path(p).name for p in formats]
