@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmdisk.errors import BackendError, ToolError
-from vmdisk.libvirt.domain import Domain, NetworkSource, render
+from vmdisk.libvirt.domain import DiskDevice, Domain, NetworkSource, render
 from vmdisk.tools.runner import Runner
 
 POLL = 0.1
@@ -65,22 +65,7 @@ def qemu_argv(domain: Domain) -> list[str]:
     if accel == "kvm":
         argv += ["-cpu", "host"]
     for disk in domain.disks:
-        if isinstance(disk.source, NetworkSource):
-            source = f"rbd:{disk.source.name}"
-            if domain.ceph_conf is not None:
-                source += f":conf={domain.ceph_conf}"
-            if disk.source.auth_user:
-                source += f":id={disk.source.auth_user}"
-        else:
-            source = str(disk.source)
-        spec = f"file={_opt(source)},format={disk.driver_type},cache={disk.cache}"
-        if disk.device == "cdrom":
-            spec += ",if=ide,media=cdrom,readonly=on"
-        else:
-            spec += f",if={disk.bus}"
-        if disk.io:
-            spec += f",aio={disk.io}"
-        argv += ["-drive", spec]
+        argv += ["-drive", _drive(domain, disk)]
     argv += [
         "-chardev",
         f"file,id=console0,path={_opt(domain.console_log)},append=on",
@@ -100,6 +85,25 @@ def qemu_argv(domain: Domain) -> list[str]:
         argv += ["-device", "virtio-net-pci,netdev=net0"]
     argv += ["-device", "virtio-balloon-pci"]
     return argv
+
+
+def _drive(domain: Domain, disk: DiskDevice) -> str:
+    if isinstance(disk.source, NetworkSource):
+        source = f"rbd:{disk.source.name}"
+        if domain.ceph_conf is not None:
+            source += f":conf={domain.ceph_conf}"
+        if disk.source.auth_user:
+            source += f":id={disk.source.auth_user}"
+    else:
+        source = str(disk.source)
+    spec = f"file={_opt(source)},format={disk.driver_type},cache={disk.cache}"
+    if disk.device == "cdrom":
+        spec += ",if=ide,media=cdrom,readonly=on"
+    else:
+        spec += f",if={disk.bus}"
+    if disk.io:
+        spec += f",aio={disk.io}"
+    return spec
 
 
 class ConsoleFollower:
