@@ -67,22 +67,38 @@ def _warm_samples(
     return samples, statistics.mean(calls)
 
 
-def p1_warm_create(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> Metric:
-    h = host(work / "p1")
+def _warm_vs_bare_create(
+    work: Path,
+    inputs: Inputs,
+    repeat: int,
+    metric: MetricFn,
+    name: str,
+    flavor: Flavor,
+    target: float,
+    note: str,
+    **spec: Any,
+) -> Metric:
+    """Warm creates (base cached, templates made) against one bare qemu-img create."""
+    h = host(work / name)
     request = ImageRequest(str(inputs.raw))
     base = h.fetch_image(request).path
-    h.create_instance(_spec("warmup"), request)
-    floor = _floor_create(work / "p1", base, repeat)
-    samples, calls = _warm_samples(h, request, repeat, "p1")
+    h.create_instance(_spec("warmup", flavor, **spec), request)
+    floor = _floor_create(work / name, base, repeat)
+    samples, calls = _warm_samples(h, request, repeat, name, flavor, **spec)
     return metric(
         statistics.median(samples),
         "s",
         statistics.median(floor),
-        1.5,
+        target,
         samples=samples,
         subprocesses=calls,
+        note=note,
         floor_detail="one qemu-img create -f qcow2 -b BASE -F raw",
     )
+
+
+def p1_warm_create(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> Metric:
+    return _warm_vs_bare_create(work, inputs, repeat, metric, "p1", TINY, 1.5, "qcow2 root")
 
 
 def _cold(work: Path, source: str, i: int) -> float:
@@ -338,19 +354,15 @@ def p9_prune_planning(work: Path, count: int, metric: MetricFn) -> Metric:
 
 
 def full_instance(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> Metric:
-    h = host(work / "full")
-    request = ImageRequest(str(inputs.raw))
-    base = h.fetch_image(request).path
     drive = ConfigDriveSpec(user_data=b"#cloud-config\n{}\n", hostname="bench")
-    h.create_instance(_spec("warmup", FULL, config_drive=drive), request)
-    floor = _floor_create(work / "full", base, repeat)
-    samples, calls = _warm_samples(h, request, repeat, "full", FULL, config_drive=drive)
-    return metric(
-        statistics.median(samples),
-        "s",
-        statistics.median(floor),
+    return _warm_vs_bare_create(
+        work,
+        inputs,
+        repeat,
+        metric,
+        "full",
+        FULL,
         4.0,
-        samples=samples,
-        subprocesses=calls,
-        note="root+ephemeral+swap+config drive+libvirt.xml",
+        "root+ephemeral+swap+config drive+libvirt.xml",
+        config_drive=drive,
     )

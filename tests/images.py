@@ -78,3 +78,9 @@ def qcow2_set_incompatible(path: Path, bits: int) -> None:
         current = struct.unpack(">Q", fh.read(8))[0]
         fh.seek(72)
         fh.write(struct.pack(">Q", current | bits))
+
+
+def qcow2_pointing_at(path: Path, backing: str) -> Path:
+    """A small qcow2 whose header names `backing` (created unsafe: the target is not opened)."""
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", "raw", path, "1M")
+    return path

@@ -10,9 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest import GUEST_FILE, GUEST_TEXT, Guest, build_guest
+from tests.guest import GUEST_FILE, GUEST_TEXT, Guest
 from tests.images import MiB, convert, debugfs_cat, ext4_image, sha256
 from vmdisk.errors import DiskMissing
 from vmdisk.host import Host
@@ -34,17 +32,10 @@ CMDLINE = "console=ttyS0 quiet"
 
 
 @pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    """World-readable: libvirt runs qemu as libvirt-qemu, which cannot enter pytest's tmp."""
-    path = Path(tempfile.mkdtemp(prefix="vmdisk-boot-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def guest(workdir: Path) -> Guest:
-    return build_guest(workdir / "guest")
+def workdir(public_tmp: Path) -> Path:
+    path = public_tmp / "boot"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import MiB, ext4_image, qemu_info, run
+from tests.images import MiB, ext4_image, qcow2_pointing_at, qemu_info, run
 from vmdisk.host import Host
 from vmdisk.imagecache.cleaner import CleanupPolicy
 from vmdisk.imagecache.store import ImageRequest
@@ -193,20 +193,7 @@ def test_verify_reports_tampered_bases_and_deletes_nothing(host: Host, tmp_path:
         fh.seek(1024 * 1024)
         fh.write(b"\xff")
     header = tmp_path / "h.qcow2"
-    run(
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        "/etc/passwd",
-        "-F",
-        "raw",
-        header,
-        "1M",
-    )
+    qcow2_pointing_at(header, "/etc/passwd")
     with open(disguised.path, "r+b") as fh:
         fh.write(header.read_bytes()[:65536])
     verdicts = {v.name: v for v in host.verify_cache()}

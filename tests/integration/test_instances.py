@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import MiB, blkid, convert, ext4_image, qemu_info, run, sha256
+from tests.images import MiB, blkid, convert, ext4_image, qcow2_pointing_at, qemu_info, run, sha256
 from vmdisk.errors import FlavorDiskSmallerThanImage, InstanceExists, InvalidRequest
 from vmdisk.host import Host
 from vmdisk.imagecache.store import ImageRequest
@@ -147,20 +147,7 @@ def test_resize_pins_format_even_if_the_guest_wrote_a_qcow2_header(
 ) -> None:
     inst = host.create_instance(spec(backend=BackendName.FLAT), ImageRequest(str(image)))
     evil = tmp_path / "evil.qcow2"
-    run(
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        "/etc/shadow",
-        "-F",
-        "raw",
-        evil,
-        "1M",
-    )
+    qcow2_pointing_at(evil, "/etc/shadow")
     header = evil.read_bytes()[:4096]
     with open(inst.path / "disk", "r+b") as fh:  # what a guest can do to its own raw disk
         fh.write(header)

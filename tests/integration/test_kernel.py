@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.guest import Guest, build_guest
+from tests.guest import Guest
 from tests.images import MiB, ext4_image, run, sha256
 from vmdisk.errors import InvalidRequest, UnsafeImage
 from vmdisk.host import Host
@@ -28,16 +25,10 @@ CMDLINE = "root=/dev/vda console=ttyS0 quiet"
 
 
 @pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="vmdisk-kernel-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def guest(workdir: Path) -> Guest:
-    return build_guest(workdir / "guest")
+def workdir(public_tmp: Path) -> Path:
+    path = public_tmp / "kernel"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture

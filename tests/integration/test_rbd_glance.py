@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import subprocess
-import tempfile
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.guest import Guest, build_guest
+from tests.guest import Guest
 from tests.images import MiB, convert, ext4_image, run, sha256
 from tests.integration.test_boot import libvirt_daemons
 from tests.services.ceph import Ceph, ceph_cluster
@@ -30,11 +28,10 @@ MARKER = b"rbd-root-marker"
 
 
 @pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="vmdisk-rbd-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def workdir(public_tmp: Path) -> Path:
+    path = public_tmp / "rbd"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -177,11 +174,6 @@ def test_glance_failures(
     with pytest.raises(ImageFetchError) as err:
         Host(down_settings).fetch_image(ImageRequest(f"glance://{corrupt}"))
     assert err.value.reason == "connection-failed"
-
-
-@pytest.fixture(scope="module")
-def guest(workdir: Path) -> Guest:
-    return build_guest(workdir / "guest")
 
 
 @pytest.mark.parametrize("via", ["qemu", "libvirt"])
