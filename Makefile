@@ -9,11 +9,11 @@ STAMP   = $(VENV)/.installed
 deps:
 	./scripts/install-deps
 
-$(STAMP): pyproject.toml scripts/link-ceph-bindings
+$(STAMP): pyproject.toml scripts/link-system-bindings
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	./scripts/link-ceph-bindings $(VENV)
+	./scripts/link-system-bindings $(VENV)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -84,6 +84,7 @@ class InstanceSpec:
     backend: BackendName | None = None
     config_drive: ConfigDriveSpec | None = None
     cmdline: str | None = None
+    injection: Any = None  # vmdisk.inject.Injection: written into the root disk, no drive
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class InstancePlan:
     config_drive: ConfigDriveSpec | None = field(default=None, compare=False)
     boot_ids: dict[str, str] = field(default_factory=dict)  # "kernel"/"ramdisk" -> image id
     cmdline: str | None = None
+    injection: Any = field(default=None, compare=False)
 
     def disk(self, name: str) -> DiskPlan | None:
         return next((d for d in self.disks if d.name == name), None)

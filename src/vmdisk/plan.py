@@ -167,6 +167,7 @@ def plan_disks(
         config_drive=drive,
         boot_ids=boot_ids,
         cmdline=spec.cmdline,
+        injection=_injection(spec, backend),
     )
 
 
@@ -181,6 +182,22 @@ def plan_rescue(instance_dir: Path, backend: BackendName, image_id: str) -> Disk
         None,
         base=cache_name(image_id),
     )
+
+
+def _injection(spec: InstanceSpec, backend: BackendName) -> object:
+    if spec.injection is None:
+        return None
+    if backend is BackendName.RBD:
+        raise InvalidRequest(
+            "file injection needs a local root disk, not RBD",
+            reason="not-supported",
+            hint="use --config-drive",
+        )
+    if spec.config_drive is not None:
+        raise InvalidRequest(
+            "with a config drive, injected data goes into the drive", reason="bad-option"
+        )
+    return spec.injection
 
 
 def _config_drive(spec: InstanceSpec, settings: Settings) -> ConfigDriveSpec | None:

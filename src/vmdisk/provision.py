@@ -33,6 +33,7 @@ from vmdisk.fsutil import (
 from vmdisk.imagecache import inspect
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
+from vmdisk.inject import inject
 from vmdisk.instances import RECORD, Instance, InstanceRecord, InstanceStore
 from vmdisk.libvirt.domain import HostFacts, domain_for, render
 from vmdisk.model import BackendName, DiskPlan, DiskRole, InstancePlan, flavor_dict
@@ -111,6 +112,15 @@ class Provisioner:
             meta = _Background(_check_and_write_metadata, base, build, formats, record, xml)
             try:
                 self.make_disks(plan, backend, build, base, boot_files)
+                root_disk = plan.disk("disk")
+                if plan.injection is not None and root_disk is not None:
+                    inject(
+                        build / "disk",
+                        root_disk.format,
+                        plan.injection,
+                        self.runner,
+                        tcg=self.host_facts().virt_type != "kvm",
+                    )
             except BaseException:
                 remove_instance_images(self.rbd, [d.rbd for d in plan.disks if d.rbd])
                 raise

@@ -61,7 +61,7 @@ def ensure_venv() -> Path:
     subprocess.run(
         [str(VENV / "bin" / "pip"), "install", "-q", f"glance=={VERSION}", "gunicorn"], check=True
     )
-    subprocess.run([str(REPO / "scripts" / "link-ceph-bindings"), str(VENV)], check=True)
+    subprocess.run([str(REPO / "scripts" / "link-system-bindings"), str(VENV)], check=True)
     stamp.touch()
     return VENV
 

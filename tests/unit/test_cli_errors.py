@@ -104,3 +104,26 @@ def test_bad_names_write_nothing(
 def test_list_json_on_empty_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--json", "--instances-path", str(tmp_path), "list")
     assert code == 0 and json.loads(out) == [] and err == ""
+
+
+def test_injection_is_off_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    payload = tmp_path / "motd"
+    payload.write_text("hi")
+    inst = tmp_path / "inst"
+    code, out, _ = run(
+        capsys,
+        "--json",
+        "--instances-path",
+        str(inst),
+        "create",
+        "vm",
+        "--image",
+        "/nonexistent",
+        "--flavor",
+        "m1.tiny",
+        "--inject-file",
+        f"/etc/motd={payload}",
+    )
+    assert code == 2
+    assert json_error(out)["reason"] == "injection-off"
+    assert not inst.exists()

@@ -17,6 +17,8 @@ from vmdisk.cli.context import app
 from vmdisk.cli.images import image_request, intake_options
 from vmdisk.errors import InvalidRequest
 from vmdisk.imagecache.store import ImageRequest
+from vmdisk.inject import DISABLED as INJECTION_DISABLED
+from vmdisk.inject import Injection
 from vmdisk.instances import Instance
 from vmdisk.model import (
     BackendName,
@@ -108,49 +110,105 @@ def _ssh_key(path: Path) -> tuple[str, str]:
     return name, text
 
 
-def _drive_spec(settings: Settings, opts: dict[str, Any]) -> tuple[ConfigDriveSpec | None, bool]:
-    from vmdisk.configdrive.metadata import network_data_from_nics
-
-    wanted = opts["config_drive"] or opts["seed"] is not None or settings.force_config_drive
-    if not wanted:
-        return None, False
+def _injected_files(opts: dict[str, Any]) -> list[tuple[str, bytes]]:
     files = []
     total = 0
     for guest, host in _key_value(opts["inject_file"], "--inject-file"):
         content = _read_limited(Path(host), INJECTED_MAX, "injected file")
         total += len(content)
         files.append((_guest_path(guest), content))
+    if opts["inject_network"]:
+        network = _read_limited(Path(opts["inject_network"]), 1 << 20, "network template")
+        files.append(("/etc/network/interfaces", network))
+        total += len(network)
     if total > INJECTED_MAX:
         raise InvalidRequest(
             f"injected files total {total} bytes; the limit is {INJECTED_MAX}", reason="too-large"
         )
-    network = None
+    return files
+
+
+def _network_data(opts: dict[str, Any]) -> dict[str, Any] | None:
+    from vmdisk.configdrive.metadata import network_data_from_nics, nocloud_network_config
+
     if opts["network_data"]:
         try:
-            network = json.loads(_read_limited(Path(opts["network_data"]), 1 << 20, "network data"))
+            data: dict[str, Any] = json.loads(
+                _read_limited(Path(opts["network_data"]), 1 << 20, "network data")
+            )
         except ValueError as exc:
             raise InvalidRequest(f"{opts['network_data']} is not JSON: {exc}") from exc
-    elif opts["nic"]:
-        network = network_data_from_nics(
-            [dict(_key_value(tuple(n.split(",")), "--nic")) for n in opts["nic"]]
-        )
-    generated = opts["admin_pass"] is None
+        return data
+    if opts["nic"]:
+        nics = [dict(_key_value(tuple(n.split(",")), "--nic")) for n in opts["nic"]]
+        if opts["seed"] == "nocloud":
+            return nocloud_network_config(nics)
+        return network_data_from_nics(nics)
+    return None
+
+
+def _drive_spec(settings: Settings, opts: dict[str, Any]) -> tuple[ConfigDriveSpec | None, bool]:
+    """The config drive, when one is wanted; it also carries what would otherwise be injected
+    (keys, password, files, network template), as Nova does."""
+    wanted = opts["config_drive"] or opts["seed"] is not None or settings.force_config_drive
+    if not wanted:
+        return None, False
+    password = opts["admin_pass"] or opts["inject_password"]
+    keys = [*opts["ssh_key"], *opts["inject_key"]]
     spec = ConfigDriveSpec(
         user_data=(
             _read_limited(Path(opts["user_data"]), USER_DATA_MAX, "user data")
             if opts["user_data"]
             else None
         ),
-        ssh_keys=tuple(_ssh_key(Path(p)) for p in opts["ssh_key"]),
-        admin_pass=opts["admin_pass"] or secrets.token_urlsafe(12),
-        files=tuple(files),
+        ssh_keys=tuple(_ssh_key(Path(p)) for p in keys),
+        admin_pass=password or secrets.token_urlsafe(12),
+        files=tuple(_injected_files(opts)),
         meta=tuple(_key_value(opts["meta"], "--meta")),
         hostname=opts["hostname"],
-        network_data=network,
+        network_data=_network_data(opts),
         seed="nocloud" if opts["seed"] == "nocloud" else "config-2",
         format=settings.config_drive_format,
     )
-    return spec, generated
+    return spec, password is None
+
+
+def _injection(settings: Settings, opts: dict[str, Any]) -> Injection | None:
+    """Without a config drive, keys, password and files go into the root disk itself, when
+    the operator turned injection on ([libvirt] inject_partition, inject_key, inject_password)."""
+    wanted = (
+        opts["inject_key"]
+        or opts["inject_password"]
+        or opts["inject_file"]
+        or opts["inject_network"]
+    )
+    if not wanted:
+        return None
+    lib = settings.libvirt
+    if lib.inject_partition == INJECTION_DISABLED:
+        raise InvalidRequest(
+            "file injection is off ([libvirt] inject_partition = -2)",
+            reason="injection-off",
+            hint="use --config-drive, or set [libvirt] inject_partition (-1 to inspect)",
+        )
+    if opts["inject_key"] and not lib.inject_key:
+        raise InvalidRequest(
+            "key injection is off ([libvirt] inject_key = false)",
+            reason="injection-off",
+            hint="use --config-drive or inject_key",
+        )
+    if opts["inject_password"] and not lib.inject_password:
+        raise InvalidRequest(
+            "password injection is off ([libvirt] inject_password = false)",
+            reason="injection-off",
+            hint="use --config-drive or inject_password",
+        )
+    return Injection(
+        partition=lib.inject_partition,
+        keys=tuple(_ssh_key(Path(p))[1] for p in opts["inject_key"]),
+        password=opts["inject_password"],
+        files=tuple(_injected_files(opts)),
+    )
 
 
 @click.command("create")
@@ -184,6 +242,18 @@ def _drive_spec(settings: Settings, opts: dict[str, Any]) -> tuple[ConfigDriveSp
 @click.option("--hostname")
 @click.option("--network-data", type=click.Path(dir_okay=False))
 @click.option("--nic", multiple=True, metavar="mac=..,ip=..,gateway=..")
+@click.option(
+    "--inject-key",
+    type=click.Path(dir_okay=False),
+    multiple=True,
+    help="Authorized key for root (into the drive, or the disk without one).",
+)
+@click.option("--inject-password", help="Root password (into the drive, or the disk).")
+@click.option(
+    "--inject-network",
+    type=click.Path(dir_okay=False),
+    help="A network template written as /etc/network/interfaces.",
+)
 @click.option("--kernel", "kernel_source", help="Boot this kernel (path or URL), the AMI way.")
 @click.option("--kernel-id", help="Image id of the kernel (default: the normalised source).")
 @click.option("--ramdisk", "ramdisk_source", help="Its ramdisk (initrd).")
@@ -221,6 +291,7 @@ def create(
     cmdline = drive_opts.pop("cmdline")
     flavor = _flavor(settings, flavor_name, vcpus, ram_mb, root_gb, ephemeral_gb, swap_mb)
     drive, generated = _drive_spec(settings, drive_opts)
+    injection = None if drive is not None else _injection(settings, drive_opts)
     spec = InstanceSpec(
         name=validate_name(name),
         uuid=validate_uuid(uuid_text) if uuid_text else str(uuidlib.uuid4()),
@@ -230,6 +301,7 @@ def create(
         backend=BackendName(backend) if backend else None,
         config_drive=drive,
         cmdline=cmdline,
+        injection=injection,
     )
     request = image_request(source, image_id, fmt, checksum, max_size)
     boot_files = _boot_files(kernel_source, kernel_id, ramdisk_source, ramdisk_id)

@@ -29,7 +29,7 @@ def _bindings() -> tuple[ModuleType, ModuleType]:
         raise ToolNotFound(
             "the librbd/librados Python bindings are not importable",
             hint="apt-get install -y python3-rbd python3-rados, then "
-            "scripts/link-ceph-bindings VENV for a virtual environment",
+            "scripts/link-system-bindings VENV for a virtual environment",
             reason="tool-not-found",
         ) from exc
     return rados, rbd
