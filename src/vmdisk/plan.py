@@ -71,79 +71,17 @@ def plan_disks(
     spec: InstanceSpec, settings: Settings, image_id: str, boot_ids: dict[str, str] | None = None
 ) -> InstancePlan:
     """`boot_ids` maps "kernel"/"ramdisk" to image ids, for images booted the AMI way."""
+    _check_sizes(spec)
     backend = choose_backend(spec.backend, settings)
     instance_dir = settings.instances_path / spec.uuid
-    cow = backend in (BackendName.QCOW2, BackendName.RBD)  # RBD clones templates like overlays
-    fmt = "qcow2" if cow else "raw"
-    flavor = spec.flavor
-    _check_sizes(spec)
-    image_base = cache_name(image_id)
-    disks = [
-        DiskPlan(
-            "disk",
-            DiskRole.ROOT,
-            instance_dir / "disk",
-            fmt,
-            flavor.root_gb * GiB or None,
-            base=image_base,
-        )
-    ]
-    fs, command = ephemeral_fs(spec.os_type, settings)
-    ephemerals = [(f"disk.eph{i}", gb) for i, gb in enumerate(spec.ephemerals)]
-    if not ephemerals and flavor.ephemeral_gb:
-        ephemerals = [("disk.local", flavor.ephemeral_gb)]
-    for index, (name, gb) in enumerate(ephemerals):
-        disks.append(
-            DiskPlan(
-                name,
-                DiskRole.EPHEMERAL,
-                instance_dir / name,
-                fmt,
-                gb * GiB,
-                base=ephemeral_base_name(gb, fs, command, f"ephemeral{index}") if cow else None,
-                fs=fs,
-                label=f"ephemeral{index}",
-                mkfs_command=command,
-            )
-        )
-    if flavor.swap_mb:
-        disks.append(
-            DiskPlan(
-                "disk.swap",
-                DiskRole.SWAP,
-                instance_dir / "disk.swap",
-                fmt,
-                flavor.swap_mb * MiB,
-                base=swap_base_name(flavor.swap_mb) if cow else None,
-            )
-        )
     boot_ids = dict(boot_ids or {})
-    if "ramdisk" in boot_ids and "kernel" not in boot_ids:
-        raise InvalidRequest("a ramdisk needs a kernel", reason="bad-option")
-    for role in (DiskRole.KERNEL, DiskRole.RAMDISK):
-        if str(role) in boot_ids:
-            disks.append(
-                DiskPlan(
-                    str(role),
-                    role,
-                    instance_dir / str(role),
-                    "raw",
-                    None,
-                    base=cache_name(boot_ids[str(role)]),
-                )
-            )
     drive = _config_drive(spec, settings)
-    if drive is not None:
-        disks.append(
-            DiskPlan(
-                "disk.config",
-                DiskRole.CONFIG,
-                instance_dir / "disk.config",
-                "raw",
-                None,
-                label="cidata" if drive.seed == "nocloud" else "config-2",
-            )
-        )
+    disks = [
+        _root(spec, instance_dir, backend, cache_name(image_id)),
+        *_blank_disks(spec, settings, instance_dir, backend),
+        *_boot_disks(instance_dir, boot_ids),
+        *_drive_disk(instance_dir, drive),
+    ]
     if backend is BackendName.RBD:
         pool = settings.libvirt.images_rbd_pool
         disks = [
@@ -158,9 +96,9 @@ def plan_disks(
         instance_dir=instance_dir,
         base_dir=settings.base_dir,
         backend=backend,
-        flavor=flavor,
+        flavor=spec.flavor,
         image_id=image_id,
-        image_base=image_base,
+        image_base=cache_name(image_id),
         os_type=spec.os_type,
         disks=tuple(disks),
         preallocate=settings.preallocate_images == "space",
@@ -169,6 +107,90 @@ def plan_disks(
         cmdline=spec.cmdline,
         injection=_injection(spec, backend),
     )
+
+
+def _cow(backend: BackendName) -> bool:
+    """Backends that share templates in _base (RBD clones them as qcow2 overlays them)."""
+    return backend in (BackendName.QCOW2, BackendName.RBD)
+
+
+def _root(
+    spec: InstanceSpec, instance_dir: Path, backend: BackendName, image_base: str
+) -> DiskPlan:
+    fmt = "qcow2" if _cow(backend) else "raw"
+    size = spec.flavor.root_gb * GiB or None  # root_gb 0: the image's own size
+    return DiskPlan("disk", DiskRole.ROOT, instance_dir / "disk", fmt, size, base=image_base)
+
+
+def _blank_disks(
+    spec: InstanceSpec, settings: Settings, instance_dir: Path, backend: BackendName
+) -> list[DiskPlan]:
+    """disk.local (or disk.eph0..N, which replace it, as Nova's BDM ephemerals do), disk.swap."""
+    cow = _cow(backend)
+    fmt = "qcow2" if cow else "raw"
+    flavor = spec.flavor
+    fs, command = ephemeral_fs(spec.os_type, settings)
+    ephemerals = [(f"disk.eph{i}", gb) for i, gb in enumerate(spec.ephemerals)]
+    if not ephemerals and flavor.ephemeral_gb:
+        ephemerals = [("disk.local", flavor.ephemeral_gb)]
+    disks = []
+    for index, (name, gb) in enumerate(ephemerals):
+        label = f"ephemeral{index}"
+        base = ephemeral_base_name(gb, fs, command, label) if cow else None
+        disks.append(
+            DiskPlan(
+                name,
+                DiskRole.EPHEMERAL,
+                instance_dir / name,
+                fmt,
+                gb * GiB,
+                base=base,
+                fs=fs,
+                label=label,
+                mkfs_command=command,
+            )
+        )
+    if flavor.swap_mb:
+        base = swap_base_name(flavor.swap_mb) if cow else None
+        disks.append(
+            DiskPlan(
+                "disk.swap",
+                DiskRole.SWAP,
+                instance_dir / "disk.swap",
+                fmt,
+                flavor.swap_mb * MiB,
+                base=base,
+            )
+        )
+    return disks
+
+
+def _boot_disks(instance_dir: Path, boot_ids: dict[str, str]) -> list[DiskPlan]:
+    if "ramdisk" in boot_ids and "kernel" not in boot_ids:
+        raise InvalidRequest("a ramdisk needs a kernel", reason="bad-option")
+    return [
+        DiskPlan(
+            str(role),
+            role,
+            instance_dir / str(role),
+            "raw",
+            None,
+            base=cache_name(boot_ids[str(role)]),
+        )
+        for role in (DiskRole.KERNEL, DiskRole.RAMDISK)
+        if str(role) in boot_ids
+    ]
+
+
+def _drive_disk(instance_dir: Path, drive: ConfigDriveSpec | None) -> list[DiskPlan]:
+    if drive is None:
+        return []
+    label = "cidata" if drive.seed == "nocloud" else "config-2"
+    return [
+        DiskPlan(
+            "disk.config", DiskRole.CONFIG, instance_dir / "disk.config", "raw", None, label=label
+        )
+    ]
 
 
 def plan_rescue(instance_dir: Path, backend: BackendName, image_id: str) -> DiskPlan:
