@@ -135,11 +135,13 @@ class InstanceStore:
         with contextlib.ExitStack() as stack:
             with self.locks.exclusive(NAMES_LOCK):
                 self._claim(name, uuid)
+                # The build lock is held before the directory exists: a reaper that sees the
+                # directory can never find its lock free while this build is alive.
+                stack.enter_context(self.locks.exclusive(f"build-{uuid}"))
                 build = self.root / f"{BUILDING}{uuid}"
                 build.mkdir(mode=0o755)
                 (build / ".name").write_text(name)
                 (build / BASES_MARKER).write_text("\n".join(sorted(set(bases))) + "\n")
-                stack.enter_context(self.locks.exclusive(f"build-{uuid}"))
             try:
                 yield build
             except BaseException:

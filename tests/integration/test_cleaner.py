@@ -156,7 +156,8 @@ def test_creates_racing_an_aggressive_pruner(host: Host, tmp_path: Path) -> None
                     " && ".join(
                         f"{' '.join(vmdisk)} --instances-path {instances} create r{w}x{i} "
                         f"--image {sources[(w + i) % 3]} --vcpus 1 --ram-mb 64 --root-gb 1 "
-                        "--ephemeral-gb 1 --swap-mb 8 >/dev/null"
+                        f"--ephemeral-gb 1 --swap-mb 8 >{tmp_path}/create-r{w}x{i}.out "
+                        f"|| {{ cat {tmp_path}/create-r{w}x{i}.out >&2; exit 1; }}"
                         for i in range(4)
                     ),
                 ],
