@@ -42,7 +42,7 @@ bench-quick: deps venv
 	$(BIN)/python -m bench.run --quick
 
 soak: deps venv
-	SOAK=1 $(BIN)/pytest tests/soak tests/integration/test_crash.py
+	SOAK=1 $(BIN)/pytest --timeout 3600 tests/soak tests/integration/test_crash.py
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -82,11 +82,15 @@ def command(kind: str, n: int, instances: Path, src: Sources) -> list[str]:
     ]
 
 
-def check_bases(instances: Path) -> list[str]:
+def check_bases(instances: Path, seen: dict[str, tuple[int, float]]) -> list[str]:
+    """Every base under a final name matches its record; `seen` skips the unchanged."""
     problems = []
     base_dir = instances / "_base"
     for entry in scan(base_dir):
-        if entry.kind is not EntryKind.ORIGINAL:
+        if entry.kind is not EntryKind.ORIGINAL or seen.get(entry.name) == (
+            entry.size,
+            entry.mtime,
+        ):
             continue
         path = base_dir / entry.name
         record = read_record(path)
@@ -94,10 +98,12 @@ def check_bases(instances: Path) -> list[str]:
             problems.append(f"{entry.name}: a base without its record")
         elif record.size != entry.size or hash_sparse_file(path) != record.sha256:
             problems.append(f"{entry.name}: partial or altered base (sha256/size mismatch)")
+        else:
+            seen[entry.name] = (entry.size, entry.mtime)
     return problems
 
 
-def check_instances(instances: Path) -> list[str]:
+def check_instances(instances: Path, seen: set[str]) -> list[str]:
     out = subprocess.run(
         [*VMDISK, "--instances-path", str(instances), "list"],
         capture_output=True,
@@ -108,6 +114,9 @@ def check_instances(instances: Path) -> list[str]:
         return [f"vmdisk list failed: {out.stdout} {out.stderr}"]
     problems = []
     for item in json.loads(out.stdout):
+        if item["uuid"] in seen:  # published instances are never changed by these commands
+            continue
+        seen.add(item["uuid"])
         directory = Path(item["path"])
         record = json.loads((directory / "instance.json").read_text())
         formats = json.loads((directory / "disk.info").read_text())
@@ -132,6 +141,8 @@ def check_instances(instances: Path) -> list[str]:
 def run_trials(instances: Path, src: Sources, trials: int, seed: int) -> Report:
     rng = random.Random(seed)
     report = Report()
+    bases_seen: dict[str, tuple[int, float]] = {}
+    instances_seen: set[str] = set()
     for n in range(trials):
         kind = KINDS[n % len(KINDS)] if n < len(KINDS) else rng.choice(KINDS)
         argv = command(kind, n, instances, src)
@@ -144,7 +155,7 @@ def run_trials(instances: Path, src: Sources, trials: int, seed: int) -> Report:
             report.finished_before_kill += 1
         proc.wait()
         report.trials += 1
-        problems = check_bases(instances) + check_instances(instances)
+        problems = check_bases(instances, bases_seen) + check_instances(instances, instances_seen)
         again = subprocess.run(argv, capture_output=True, text=True, check=False)
         # A create killed after its rename has published a complete instance (checked above):
         # running it again rightly says the name exists.
