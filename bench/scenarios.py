@@ -25,6 +25,18 @@ TINY = Flavor("bench", 1, 512, 1)
 FULL = Flavor("bench-full", 1, 512, 1, ephemeral_gb=1, swap_mb=512)
 
 
+def _seconds(
+    metric: MetricFn,
+    samples: list[float],
+    floor: list[float] | float | None,
+    target: float,
+    **extra: Any,
+) -> Metric:
+    """A time metric: medians of both sides, the samples kept for min and max."""
+    base = statistics.median(floor) if isinstance(floor, list) else floor
+    return metric(statistics.median(samples), "s", base, target, samples=samples, **extra)
+
+
 def _spec(name: str, flavor: Flavor = TINY, **kw: Any) -> InstanceSpec:
     return InstanceSpec(name, str(uuid.uuid4()), flavor, **kw)
 
@@ -130,13 +142,12 @@ def p2_cold_raw(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> Me
     floor = statistics.median(_cp_floor(inputs.raw, root, repeat))
     files = [_cold(root / "file", str(inputs.raw), i) for i in range(repeat)]
     https = [_cold(root / "http", inputs.server.url("bench.raw"), i) for i in range(repeat)]
-    http = metric(statistics.median(https), "s", floor, 1.2, samples=https)
-    out = metric(
-        statistics.median(files),
-        "s",
+    http = _seconds(metric, https, floor, 1.2)
+    out = _seconds(
+        metric,
+        files,
         floor,
         1.2,
-        samples=files,
         floor_detail="cp --sparse=always of the same file",
         http=http,
     )
@@ -158,12 +169,11 @@ def p3_cold_qcow2(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> 
         floor.append(time.perf_counter() - start)
         target.unlink()
     samples = [_cold(root, str(inputs.qcow2), i) for i in range(repeat)]
-    return metric(
-        statistics.median(samples),
-        "s",
-        statistics.median(floor),
+    return _seconds(
+        metric,
+        samples,
+        floor,
         1.1,
-        samples=samples,
         floor_detail="one qemu-img convert -f qcow2 -O raw",
     )
 
@@ -214,12 +224,11 @@ def p4_parallel_warm(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) 
         for proc in procs:
             proc.wait()
         bare.append(time.perf_counter() - start)
-    return metric(
-        statistics.median(walls),
-        "s",
-        statistics.median(one),
+    return _seconds(
+        metric,
+        walls,
+        one,
         2.0,
-        samples=walls,
         floor_detail="one warm create, same run",
         concurrency=8,
         eight_bare_qemu_img_creates=round(statistics.median(bare), 6),
@@ -267,12 +276,11 @@ def p6_huge_root(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) -> M
     bare_huge = statistics.median(
         [_bare_create(base, work / "p6" / f"huge-{i}.qcow2", "64T") for i in range(repeat)]
     )
-    return metric(
-        statistics.median(huge),
-        "s",
-        statistics.median(small),
+    return _seconds(
+        metric,
+        huge,
+        small,
         1.1,
-        samples=huge,
         floor_detail="the same warm create with a 1 GiB root",
         qemu_img_alone_ratio=round(bare_huge / bare_small, 3),
         vmdisk_overhead_small=round(statistics.median(small) - bare_small, 6),
@@ -340,12 +348,11 @@ def p9_prune_planning(work: Path, count: int, metric: MetricFn) -> Metric:
         plan, _ = h.prune(dry_run=True)
         samples.append(time.perf_counter() - start)
     in_use = sum(1 for d in plan.decisions if str(d.action) == "touch")
-    return metric(
-        statistics.median(samples),
-        "s",
+    return _seconds(
+        metric,
+        samples,
         None,
         2.0,
-        samples=samples,
         ratio_target=False,
         bases=count,
         instances=count,
