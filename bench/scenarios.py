@@ -41,24 +41,26 @@ def _spec(name: str, flavor: Flavor = TINY, **kw: Any) -> InstanceSpec:
     return InstanceSpec(name, str(uuid.uuid4()), flavor, **kw)
 
 
+def _bare_argv(base: Path, target: Path, size: str = "1G") -> list[str]:
+    """The floor: one bare qcow2 overlay, as vmdisk's warm create makes it."""
+    return [
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        str(base),
+        "-F",
+        "raw",
+        str(target),
+        size,
+    ]
+
+
 def _bare_create(base: Path, target: Path, size: str = "1G") -> float:
     start = time.perf_counter()
-    subprocess.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            str(base),
-            "-F",
-            "raw",
-            str(target),
-            size,
-        ],
-        check=True,
-    )
+    subprocess.run(_bare_argv(base, target, size), check=True)
     return time.perf_counter() - start
 
 
@@ -204,23 +206,7 @@ def p4_parallel_warm(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) 
         procs = []
         start = time.perf_counter()
         for i in range(8):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "qemu-img",
-                        "create",
-                        "-q",
-                        "-f",
-                        "qcow2",
-                        "-b",
-                        str(base.path),
-                        "-F",
-                        "raw",
-                        str(work / "p4" / f"bare-{r}-{i}"),
-                        "1G",
-                    ]
-                )
-            )
+            procs.append(subprocess.Popen(_bare_argv(base.path, work / "p4" / f"bare-{r}-{i}")))
         for proc in procs:
             proc.wait()
         bare.append(time.perf_counter() - start)

@@ -13,6 +13,13 @@ from typing import Any
 MiB = 1024 * 1024
 
 
+def vmdisk_argv(instances: Path, *args: str) -> list[str]:
+    """The real CLI, in its own process, with JSON output."""
+    import sys
+
+    return [sys.executable, "-m", "vmdisk", "--json", "--instances-path", str(instances), *args]
+
+
 def run(*argv: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LC_ALL": "C", "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"}
     return subprocess.run(

@@ -6,12 +6,11 @@ import base64
 import dataclasses
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.images import MiB, blkid, ext4_image, run
+from tests.images import MiB, blkid, ext4_image, run, vmdisk_argv
 from vmdisk.configdrive.metadata import network_data_from_nics
 from vmdisk.errors import InvalidRequest
 from vmdisk.host import Host
@@ -167,13 +166,8 @@ def test_cli_limits_and_guest_paths(tmp_path: Path, image: Path) -> None:
     ]
     for extra in cases:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vmdisk",
-                "--json",
-                "--instances-path",
-                str(inst),
+            vmdisk_argv(
+                inst,
                 "create",
                 "x",
                 "--image",
@@ -182,7 +176,7 @@ def test_cli_limits_and_guest_paths(tmp_path: Path, image: Path) -> None:
                 "m1.tiny",
                 "--config-drive",
                 *extra,
-            ],
+            ),
             capture_output=True,
             text=True,
             check=False,

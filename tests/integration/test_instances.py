@@ -5,12 +5,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.images import MiB, blkid, convert, ext4_image, qcow2_pointing_at, qemu_info, run, sha256
+from tests.images import (
+    MiB,
+    blkid,
+    convert,
+    ext4_image,
+    qcow2_pointing_at,
+    qemu_info,
+    run,
+    sha256,
+    vmdisk_argv,
+)
 from vmdisk.errors import FlavorDiskSmallerThanImage, InstanceExists, InvalidRequest
 from vmdisk.host import Host
 from vmdisk.imagecache.store import ImageRequest
@@ -203,7 +212,7 @@ def test_show_reads_disk_facts(host: Host, image: Path) -> None:
 
 def cli(instances: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vmdisk", "--json", "--instances-path", str(instances), *args],
+        vmdisk_argv(instances, *args),
         capture_output=True,
         text=True,
         timeout=300,
@@ -256,20 +265,15 @@ def test_parallel_creates_from_one_base(tmp_path: Path, image: Path) -> None:
     digest = sha256(base)
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vmdisk",
-                "--json",
-                "--instances-path",
-                str(inst),
+            vmdisk_argv(
+                inst,
                 "create",
                 f"p{i}",
                 "--image",
                 str(image),
                 "--flavor",
                 "m1.tiny",
-            ],
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
