@@ -20,9 +20,10 @@ from vmdisk.errors import (
 from vmdisk.host import Host
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.store import CachedImage, ImageRequest
-from vmdisk.instances import Instance, InstanceRecord
+from vmdisk.instances import Instance
 from vmdisk.model import BackendName, ConfigDriveSpec, InstancePlan, InstanceSpec, OsType
 from vmdisk.plan import plan_disks
+from vmdisk.record import InstanceRecord
 from vmdisk.settings import Flavor, Settings, load_settings
 
 __all__ = [

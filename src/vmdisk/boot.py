@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmdisk.errors import BackendError, ToolError
-from vmdisk.libvirt.domain import DiskDevice, Domain, NetworkSource, render
+from vmdisk.libvirt.domain import DiskDevice, Domain, render
+from vmdisk.model import BlockSource, NetworkSource
 from vmdisk.tools.runner import Runner
 
 POLL = 0.1
@@ -88,14 +89,18 @@ def qemu_argv(domain: Domain) -> list[str]:
 
 
 def _drive(domain: Domain, disk: DiskDevice) -> str:
-    if isinstance(disk.source, NetworkSource):
-        source = f"rbd:{disk.source.name}"
-        if domain.ceph_conf is not None:
-            source += f":conf={domain.ceph_conf}"
-        if disk.source.auth_user:
-            source += f":id={disk.source.auth_user}"
+    src = disk.source
+    if isinstance(src, NetworkSource):
+        # qemu's own protocol syntax (`rbd:pool/image:conf=...:id=...`), not libvirt's hosts.
+        source = f"{src.protocol}:{src.name}"
+        if src.conf is not None:
+            source += f":conf={src.conf}"
+        if src.auth is not None:
+            source += f":id={src.auth.username}"
+    elif isinstance(src, BlockSource):
+        source = str(src.device)
     else:
-        source = str(disk.source)
+        source = str(src.path)
     spec = f"file={_opt(source)},format={disk.driver_type},cache={disk.cache}"
     if disk.device == "cdrom":
         spec += ",if=ide,media=cdrom,readonly=on"

@@ -1,6 +1,8 @@
 """disk.info: `{absolute disk path: format}` per instance, the format pin (bug 1221190).
 
-Every later qemu-img call on an instance disk passes -f from here, never a probe.
+Nova's tools read it; vmdisk writes it from the instance record (formats_of) and reads the
+record, never this file, except to upgrade a version-1 record. Every qemu-img call on an
+instance disk passes -f from the record, never a probe.
 """
 
 from __future__ import annotations
@@ -10,8 +12,25 @@ from pathlib import Path
 
 from vmdisk.errors import BackendError
 from vmdisk.fsutil import write_atomic
+from vmdisk.model import BlockSource, FileSource
+from vmdisk.record import InstanceRecord
 
 FILENAME = "disk.info"
+
+
+def formats_of(record: InstanceRecord) -> dict[str, str]:
+    """Every disk that is a file or a block device, with its pinned format."""
+    formats: dict[str, str] = {}
+    for disk in record.all_disks():
+        if isinstance(disk.source, FileSource):
+            formats[str(disk.source.path)] = disk.format
+        elif isinstance(disk.source, BlockSource):
+            formats[str(disk.source.device)] = disk.format
+    return formats
+
+
+def encode(record: InstanceRecord) -> bytes:
+    return (json.dumps(formats_of(record)) + "\n").encode()
 
 
 def read(instance_dir: Path) -> dict[str, str]:
@@ -26,17 +45,5 @@ def read(instance_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
-def write(instance_dir: Path, formats: dict[str, str]) -> None:
-    write_atomic(instance_dir / FILENAME, (json.dumps(formats) + "\n").encode())
-
-
-def format_of(instance_dir: Path, disk: Path) -> str:
-    """The pinned format of one disk; a disk missing from disk.info is an error, not a probe."""
-    formats = read(instance_dir)
-    try:
-        return formats[str(disk)]
-    except KeyError:
-        raise BackendError(
-            f"{disk} has no entry in disk.info; refusing to guess its format",
-            hint="the instance directory was edited by hand or is damaged",
-        ) from None
+def write(instance_dir: Path, record: InstanceRecord) -> None:
+    write_atomic(instance_dir / FILENAME, encode(record))

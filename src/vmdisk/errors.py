@@ -4,6 +4,8 @@ VmdiskError                      exit 1; message, optional hint and machine-read
   SettingsError                  exit 3; bad file, unknown key, value out of range
   InvalidRequest                 exit 2; a bad name, size, URL or option from the caller
     InstanceExists               a name or uuid already used on this host
+    NotSupported                 the backend cannot do this (rescue on RBD, ...)
+    ShrinkRefused                a disk cannot be made smaller
     FlavorDiskSmallerThanImage   the image does not fit the root disk (exit 1, like Nova)
   InstanceNotFound
   ImageError
@@ -59,6 +61,14 @@ class InstanceExists(InvalidRequest):
 class FlavorDiskSmallerThanImage(InvalidRequest):
     # Nova reports this as an operational failure of the build, not a usage error.
     exit_code = 1
+
+
+class NotSupported(InvalidRequest):
+    """A backend cannot do what was asked; reason "not-supported"."""
+
+
+class ShrinkRefused(InvalidRequest):
+    """Disks only grow, as in Nova; reason "shrink-refused"."""
 
 
 class InstanceNotFound(VmdiskError):

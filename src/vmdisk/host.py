@@ -11,8 +11,8 @@ from typing import Any
 
 import platformdirs
 
-from vmdisk import diskinfo, lifecycle
-from vmdisk.backends.rbd import RbdConfig, remove_instance_images
+from vmdisk import lifecycle
+from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
 from vmdisk.errors import ImageNotFound, UnsafeImage
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir, write_atomic
@@ -38,13 +38,12 @@ from vmdisk.imagecache.usage import bases_in_use
 from vmdisk.imagecache.verify import Verdict, verify_cache
 from vmdisk.instances import Instance, InstanceStore
 from vmdisk.libvirt import probe
-from vmdisk.libvirt.domain import CephFacts, Domain, HostFacts, instance_domain, parse_network
+from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain, parse_network
 from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
 from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress
-from vmdisk.provision import Provisioner, check_disks_present, write_domain_xml
+from vmdisk.provision import Provisioner, write_domain_xml
 from vmdisk.settings import Settings
-from vmdisk.tools.ceph import monitors
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Limits, Runner, SubprocessRunner
 
@@ -77,12 +76,6 @@ class Host:
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", "compute_nodes"})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
-        self.rbd = RbdConfig(
-            pool=lib.images_rbd_pool,
-            conf=Path(lib.images_rbd_ceph_conf) if lib.images_rbd_ceph_conf else None,
-            user=lib.rbd_user,
-            secret_uuid=lib.rbd_secret_uuid,
-        )
         self.provisioner = Provisioner(
             self.cache,
             self.templates,
@@ -90,7 +83,7 @@ class Host:
             self.qemu,
             self.runner,
             self.host_facts,
-            self.rbd,
+            BackendDeps(self.qemu, self.runner, self.templates, self.locks, lib),
         )
         self._facts: HostFacts | None = None
         self._prepared = False
@@ -100,18 +93,11 @@ class Host:
         if self._facts is None:
             lib = self.settings.libvirt
             self.prepare()
-            ceph = CephFacts(
-                hosts=monitors(self.rbd.conf) if self.rbd.conf else (),
-                user=self.rbd.user,
-                secret_uuid=self.rbd.secret_uuid,
-                conf=self.rbd.conf,
-            )
             self._facts = HostFacts(
                 virt_type=probe.virt_type(self.runner, lib.virt_type, cache_dir()),
                 machine=lib.machine_type,
                 direct_io=direct_io_supported(self.settings.instances_path),
                 interface=parse_network(lib.network),
-                ceph=ceph,
             )
         return self._facts
 
@@ -176,7 +162,7 @@ class Host:
     ) -> InstancePlan:
         image_id, _ = self.cache.identify(request)
         boot_ids = {name: self.cache.identify(r)[0] for name, r in (boot_files or {}).items()}
-        return plan_disks(spec, self.settings, image_id, boot_ids)
+        return plan_disks(spec, self.settings, image_id, boot_ids, request.location)
 
     def create_instance(
         self,
@@ -195,7 +181,8 @@ class Host:
         return self.provisioner.create(plan, request, boot_files)
 
     def describe(self, inst: Instance) -> dict[str, Any]:
-        return lifecycle.describe(inst, self.rbd)
+        with self.provisioner.backend(inst.record.backend) as backend:
+            return lifecycle.describe(inst, backend)
 
     def instances(self) -> list[Instance]:
         return self.store.all()
@@ -205,7 +192,8 @@ class Host:
 
     def delete_instance(self, ref: str) -> Instance:
         inst = self.store.find(ref)
-        remove_instance_images(self.rbd, [d["rbd"] for d in inst.record.disks if d.get("rbd")])
+        with self.provisioner.backend(inst.record.backend) as backend:
+            backend.remove(list(inst.record.all_disks()))
         self.store.delete(inst)
         return inst
 
@@ -253,12 +241,9 @@ class Host:
 
     def boot(self, ref: str, options: BootOptions, stream: Stream | None = None) -> BootResult:
         inst = self.store.find(ref)
-        check_disks_present(inst, self.settings.base_dir)
-        lifecycle.ensure_legacy_backing(
-            self.provisioner,
-            inst.path / "disk",
-            diskinfo.read(inst.path).get(str(inst.path / "disk"), ""),
-        )
+        with self.provisioner.backend(inst.record.backend) as backend:
+            for disk in inst.record.all_disks():
+                backend.check_present(disk, self.settings.base_dir)
         domain = self.domain(
             ref,
             rescue=options.rescue,

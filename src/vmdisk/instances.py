@@ -9,20 +9,20 @@ belongs to a dead process and is removed by the next create or prune.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from vmdisk.errors import InstanceExists, InstanceNotFound, InvalidRequest
+from vmdisk import diskinfo
+from vmdisk.errors import InstanceExists, InstanceNotFound, InvalidRequest, VmdiskError
 from vmdisk.fsutil import fsync_dir, write_atomic
 from vmdisk.imagecache.locks import Locks
 from vmdisk.model import NAME_RE
+from vmdisk.record import InstanceRecord, decode
 
 RECORD = "instance.json"
 BUILDING = ".building-"
@@ -33,49 +33,16 @@ NAMES_DIR = ".names"
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceRecord:
-    name: str
-    uuid: str
-    backend: str
-    flavor: dict[str, Any]
-    image_id: str
-    image_base: str
-    os_type: str
-    disks: list[dict[str, Any]]
-    created_at: str
-    config_drive: dict[str, Any] | None = None
-    rescue: dict[str, Any] | None = None
-    kernel: dict[str, Any] | None = None
-    ramdisk: dict[str, Any] | None = None
-    cmdline: str | None = None
-    image_source: str = ""
-    host: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, data: bytes) -> InstanceRecord:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
-
-    def bases(self) -> set[str]:
-        """Every _base entry this instance's disks were made from (for the cache cleaner)."""
-        names = {self.image_base}
-        names.update(d["base"] for d in self.disks if d.get("base"))
-        for extra in (self.rescue, self.kernel, self.ramdisk):
-            if extra and extra.get("base"):
-                names.add(extra["base"])
-        if self.rescue:
-            names.update(self.rescue.get("bases", []))
-        return names
-
-
-@dataclass(frozen=True, slots=True)
 class Instance:
     path: Path
     record: InstanceRecord
+
+
+def read_record(directory: Path) -> InstanceRecord:
+    """The record of an instance directory; a version-1 record is upgraded with disk.info."""
+    data = json.loads((directory / RECORD).read_bytes())
+    formats = diskinfo.read(directory) if isinstance(data, dict) and "version" not in data else None
+    return decode(data, directory, formats)
 
 
 class InstanceStore:
@@ -113,8 +80,8 @@ class InstanceStore:
 
     def _load(self, directory: Path) -> Instance | None:
         try:
-            record = InstanceRecord.from_json((directory / RECORD).read_bytes())
-        except (OSError, ValueError, TypeError):
+            record = read_record(directory)
+        except (OSError, ValueError, VmdiskError):
             return None
         return Instance(directory, record) if record.uuid == directory.name else None
 
@@ -189,7 +156,8 @@ class InstanceStore:
             fsync_dir(self.root)
 
     def write_record(self, directory: Path, record: InstanceRecord) -> None:
-        """Replace the record of a published instance (atomically)."""
+        """Replace the record of a published instance, and disk.info derived from it."""
+        diskinfo.write(directory, record)
         write_atomic(directory / RECORD, record.to_json())
 
     def delete(self, inst: Instance) -> None:

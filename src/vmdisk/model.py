@@ -31,6 +31,62 @@ class BackendName(StrEnum):
     RBD = "rbd"
 
 
+@dataclass(frozen=True, slots=True)
+class FileSource:
+    """A disk that is a file (the qcow2 and flat backends, config drives, kernels)."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSource:
+    """A disk that is a block device (a logical volume)."""
+
+    device: Path
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkAuth:
+    username: str
+    secret_uuid: str | None = None
+    secret_type: str = "ceph"  # noqa: S105 (libvirt's secret kind, not a secret)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSource:
+    """A disk reached over the network: `name` is e.g. `pool/image` for RBD.
+
+    `conf` is the client configuration qemu's own driver reads (libvirt takes `hosts`).
+    """
+
+    protocol: str
+    name: str
+    hosts: tuple[tuple[str, int], ...] = ()
+    auth: NetworkAuth | None = None
+    conf: Path | None = None
+
+
+#: Where a disk lives; its backend decides, the plan never does.
+DiskSource = FileSource | BlockSource | NetworkSource
+
+
+def source_text(source: DiskSource) -> str:
+    """How a source is shown to a user: a path, a device, or `protocol:name`."""
+    if isinstance(source, FileSource):
+        return str(source.path)
+    if isinstance(source, BlockSource):
+        return str(source.device)
+    return f"{source.protocol}:{source.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionedDisk:
+    """What a backend made: where the disk is and the format the hypervisor reads."""
+
+    source: DiskSource
+    driver_format: str
+
+
 class OsType(StrEnum):
     LINUX = "linux"
     WINDOWS = "windows"
@@ -89,7 +145,12 @@ class InstanceSpec:
 
 @dataclass(frozen=True, slots=True)
 class DiskPlan:
-    """One disk to make: where, what format, how big, and which _base entry backs it."""
+    """One disk to make: its name, role, format, size and the _base entry behind it.
+
+    `path` is where the disk would be as a file in the instance directory; a backend that
+    keeps disks elsewhere (RBD, LVM) says so in the ProvisionedDisk it returns. `owner` is the
+    instance's uuid, which names the disk in such stores.
+    """
 
     name: str
     role: DiskRole
@@ -100,15 +161,10 @@ class DiskPlan:
     fs: str | None = None
     label: str | None = None
     mkfs_command: str | None = None
-    rbd: str | None = None  # "pool/image" when the disk lives in Ceph, not in the directory
-
-    @property
-    def local(self) -> bool:
-        return self.rbd is None
+    owner: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rbd": self.rbd,
             "name": self.name,
             "role": str(self.role),
             "path": str(self.path),
@@ -137,6 +193,7 @@ class InstancePlan:
     boot_ids: dict[str, str] = field(default_factory=dict)  # "kernel"/"ramdisk" -> image id
     cmdline: str | None = None
     injection: Any = field(default=None, compare=False)
+    image_location: str | None = None  # e.g. Glance's rbd:// location, for backends that clone
 
     def disk(self, name: str) -> DiskPlan | None:
         return next((d for d in self.disks if d.name == name), None)

@@ -5,11 +5,11 @@ Everything `vmdisk create --dry-run` prints comes from here, and unit tests asse
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 
-from vmdisk.errors import InvalidRequest
+from vmdisk.backends import backend_info
+from vmdisk.errors import InvalidRequest, NotSupported
 from vmdisk.imagecache.records import cache_name
 from vmdisk.model import (
     BackendName,
@@ -22,8 +22,6 @@ from vmdisk.model import (
 )
 from vmdisk.settings import Settings
 from vmdisk.units import GiB, MiB
-
-_RBD_ROLES = (DiskRole.ROOT, DiskRole.EPHEMERAL, DiskRole.SWAP, DiskRole.CONFIG)
 
 #: Nova's default ephemeral file system by os_type (privsep/fs.py).
 DEFAULT_FS = {OsType.LINUX: "ext4", OsType.WINDOWS: "ntfs"}
@@ -68,9 +66,14 @@ def swap_base_name(size_mb: int) -> str:
 
 
 def plan_disks(
-    spec: InstanceSpec, settings: Settings, image_id: str, boot_ids: dict[str, str] | None = None
+    spec: InstanceSpec,
+    settings: Settings,
+    image_id: str,
+    boot_ids: dict[str, str] | None = None,
+    image_location: str | None = None,
 ) -> InstancePlan:
-    """`boot_ids` maps "kernel"/"ramdisk" to image ids, for images booted the AMI way."""
+    """`boot_ids` maps "kernel"/"ramdisk" to image ids, for images booted the AMI way;
+    `image_location` is where the image service keeps it (a backend may clone from there)."""
     _check_sizes(spec)
     backend = choose_backend(spec.backend, settings)
     instance_dir = settings.instances_path / spec.uuid
@@ -79,17 +82,9 @@ def plan_disks(
     disks = [
         _root(spec, instance_dir, backend, cache_name(image_id)),
         *_blank_disks(spec, settings, instance_dir, backend),
-        *_boot_disks(instance_dir, boot_ids),
-        *_drive_disk(instance_dir, drive),
+        *_boot_disks(instance_dir, boot_ids, spec.uuid),
+        *_drive_disk(instance_dir, drive, spec.uuid),
     ]
-    if backend is BackendName.RBD:
-        pool = settings.libvirt.images_rbd_pool
-        disks = [
-            dataclasses.replace(d, format="raw", rbd=f"{pool}/{spec.uuid}_{d.name}")
-            if d.role in _RBD_ROLES
-            else d
-            for d in disks
-        ]
     return InstancePlan(
         name=spec.name,
         uuid=spec.uuid,
@@ -106,28 +101,26 @@ def plan_disks(
         boot_ids=boot_ids,
         cmdline=spec.cmdline,
         injection=_injection(spec, backend),
+        image_location=image_location,
     )
-
-
-def _cow(backend: BackendName) -> bool:
-    """Backends that share templates in _base (RBD clones them as qcow2 overlays them)."""
-    return backend in (BackendName.QCOW2, BackendName.RBD)
 
 
 def _root(
     spec: InstanceSpec, instance_dir: Path, backend: BackendName, image_base: str
 ) -> DiskPlan:
-    fmt = "qcow2" if _cow(backend) else "raw"
+    fmt = backend_info(backend).disk_format
     size = spec.flavor.root_gb * GiB or None  # root_gb 0: the image's own size
-    return DiskPlan("disk", DiskRole.ROOT, instance_dir / "disk", fmt, size, base=image_base)
+    return DiskPlan(
+        "disk", DiskRole.ROOT, instance_dir / "disk", fmt, size, base=image_base, owner=spec.uuid
+    )
 
 
 def _blank_disks(
     spec: InstanceSpec, settings: Settings, instance_dir: Path, backend: BackendName
 ) -> list[DiskPlan]:
     """disk.local (or disk.eph0..N, which replace it, as Nova's BDM ephemerals do), disk.swap."""
-    cow = _cow(backend)
-    fmt = "qcow2" if cow else "raw"
+    info = backend_info(backend)
+    cow, fmt = info.shares_templates, info.disk_format
     flavor = spec.flavor
     fs, command = ephemeral_fs(spec.os_type, settings)
     ephemerals = [(f"disk.eph{i}", gb) for i, gb in enumerate(spec.ephemerals)]
@@ -148,6 +141,7 @@ def _blank_disks(
                 fs=fs,
                 label=label,
                 mkfs_command=command,
+                owner=spec.uuid,
             )
         )
     if flavor.swap_mb:
@@ -160,12 +154,13 @@ def _blank_disks(
                 fmt,
                 flavor.swap_mb * MiB,
                 base=base,
+                owner=spec.uuid,
             )
         )
     return disks
 
 
-def _boot_disks(instance_dir: Path, boot_ids: dict[str, str]) -> list[DiskPlan]:
+def _boot_disks(instance_dir: Path, boot_ids: dict[str, str], owner: str) -> list[DiskPlan]:
     if "ramdisk" in boot_ids and "kernel" not in boot_ids:
         raise InvalidRequest("a ramdisk needs a kernel", reason="bad-option")
     return [
@@ -176,42 +171,51 @@ def _boot_disks(instance_dir: Path, boot_ids: dict[str, str]) -> list[DiskPlan]:
             "raw",
             None,
             base=cache_name(boot_ids[str(role)]),
+            owner=owner,
         )
         for role in (DiskRole.KERNEL, DiskRole.RAMDISK)
         if str(role) in boot_ids
     ]
 
 
-def _drive_disk(instance_dir: Path, drive: ConfigDriveSpec | None) -> list[DiskPlan]:
+def _drive_disk(instance_dir: Path, drive: ConfigDriveSpec | None, owner: str) -> list[DiskPlan]:
     if drive is None:
         return []
     label = "cidata" if drive.seed == "nocloud" else "config-2"
     return [
         DiskPlan(
-            "disk.config", DiskRole.CONFIG, instance_dir / "disk.config", "raw", None, label=label
+            "disk.config",
+            DiskRole.CONFIG,
+            instance_dir / "disk.config",
+            "raw",
+            None,
+            label=label,
+            owner=owner,
         )
     ]
 
 
-def plan_rescue(instance_dir: Path, backend: BackendName, image_id: str) -> DiskPlan:
+def plan_rescue(
+    instance_dir: Path, backend: BackendName, image_id: str, owner: str = ""
+) -> DiskPlan:
     """disk.rescue: an overlay (or copy) of the rescue image at the image's own size."""
-    fmt = "qcow2" if backend is BackendName.QCOW2 else "raw"
     return DiskPlan(
         "disk.rescue",
         DiskRole.RESCUE,
         instance_dir / "disk.rescue",
-        fmt,
+        backend_info(backend).disk_format,
         None,
         base=cache_name(image_id),
+        owner=owner or instance_dir.name,
     )
 
 
 def _injection(spec: InstanceSpec, backend: BackendName) -> object:
     if spec.injection is None:
         return None
-    if backend is BackendName.RBD:
-        raise InvalidRequest(
-            "file injection needs a local root disk, not RBD",
+    if not backend_info(backend).file_root:
+        raise NotSupported(
+            f"file injection needs a local root disk, not {backend}",
             reason="not-supported",
             hint="use --config-drive",
         )

@@ -6,21 +6,19 @@ disk.info, instance record, domain XML, then one rename publishes the instance.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
 import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmdisk import diskinfo
-from vmdisk.backends import DiskBackend, backend_class
+from vmdisk.backends import BackendDeps, DiskBackend, open_backend
 from vmdisk.backends.base import verify_base_size
-from vmdisk.backends.rbd import RbdBackend, RbdConfig, remove_instance_images
-from vmdisk.errors import DiskMissing, InvalidRequest
+from vmdisk.errors import InvalidRequest
 from vmdisk.fsutil import (
     copy_sparse,
     fallocate_supported,
@@ -34,12 +32,21 @@ from vmdisk.imagecache import inspect
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.inject import inject
-from vmdisk.instances import RECORD, Instance, InstanceRecord, InstanceStore
+from vmdisk.instances import RECORD, Instance, InstanceStore
 from vmdisk.libvirt.domain import HostFacts, domain_for, render
-from vmdisk.model import BackendName, DiskPlan, DiskRole, InstancePlan, flavor_dict
-from vmdisk.tools.headers import qcow2_backing_file
+from vmdisk.model import (
+    BackendName,
+    DiskPlan,
+    DiskRole,
+    FileSource,
+    InstancePlan,
+    ProvisionedDisk,
+)
+from vmdisk.record import BootFile, DiskEntry, DriveInfo, InstanceRecord
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Runner
+
+_BOOT_FILES = (DiskRole.KERNEL, DiskRole.RAMDISK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +59,11 @@ class Provisioner:
     qemu: QemuImg
     runner: Runner
     host_facts: Callable[[], HostFacts]
-    rbd: RbdConfig = RbdConfig()
+    deps: BackendDeps
 
-    def backend(self, name: BackendName, location: str | None = None) -> DiskBackend:
-        if name is BackendName.RBD:
-            return RbdBackend(
-                self.qemu, self.runner, self.templates, self.rbd, self.cache.locks, location
-            )
-        return backend_class(name)(self.qemu, self.runner, self.templates)
+    def backend(self, name: BackendName) -> DiskBackend:
+        """A backend for one operation: use it with `with` so its connections are closed."""
+        return open_backend(name, self.deps)
 
     def create(
         self,
@@ -69,22 +73,13 @@ class Provisioner:
     ) -> Instance:
         """Make the instance; `boot_files` are the kernel/ramdisk requests the plan names."""
         try:
-            return self._create(plan, request, boot_files or {})
+            with self.backend(plan.backend) as backend:
+                return self._create_with(backend, plan, request, boot_files or {})
         except OSError as exc:
             mapped = space_error(exc, plan.instance_dir.parent, f"instance {plan.name}")
             if mapped is None:
                 raise
             raise mapped from exc
-
-    def _create(
-        self, plan: InstancePlan, request: ImageRequest, boot_files: Mapping[str, ImageRequest]
-    ) -> Instance:
-        backend = self.backend(plan.backend, request.location)
-        try:
-            return self._create_with(backend, plan, request, boot_files)
-        finally:
-            if isinstance(backend, RbdBackend):
-                backend.close()
 
     def _create_with(
         self,
@@ -95,37 +90,37 @@ class Provisioner:
     ) -> Instance:
         bases = [d.base for d in plan.disks if d.base]
         reserve = self.store.reserve(plan.name, plan.uuid, bases)
-        # An RBD root cloned from Glance's own snapshot needs no local base at all.
-        clone = isinstance(backend, RbdBackend) and backend.can_clone()
-        using = contextlib.nullcontext(None) if clone else self.cache.using(request, recheck=False)
+        # A backend may make the root without a local base (RBD cloning Glance's snapshot).
+        local_base = backend.needs_base(plan.image_location)
+        using = self.cache.using(request, recheck=False) if local_base else nullcontext(None)
         with reserve as build, using as base:
             root = plan.disk("disk")
             if base is not None:
-                verify_base_size(base, root.size if root else None)
-            if plan.backend is BackendName.FLAT and base is not None:
-                require_space(build, _flat_bytes(plan, base), "the flat copies of the disks")
-            formats = {str(d.path): d.format for d in plan.disks if d.local}
-            record = instance_record(plan, base, request)
-            xml = render(domain_for(record, plan.instance_dir, formats, self.host_facts()))
+                verify_base_size(base.record.virtual_size, root.size if root else None)
+                need = backend.local_bytes(plan, base)
+                if need:
+                    require_space(build, need, "the copies of the disks")
+            located = {d.name: locate(backend, d) for d in plan.disks}
+            record = instance_record(plan, base, request, located)
+            xml = render(domain_for(record, plan.instance_dir, self.host_facts()))
             # The base's header re-check and the metadata depend only on the plan: do them
             # while qemu-img makes the disks. Nothing is published unless both succeed.
-            meta = _Background(_check_and_write_metadata, base, build, formats, record, xml)
+            meta = _Background(_check_and_write_metadata, base, build, record, xml)
             try:
                 self.make_disks(plan, backend, build, base, boot_files)
-                root_disk = plan.disk("disk")
-                if plan.injection is not None and root_disk is not None:
+                if plan.injection is not None and root is not None:
                     inject(
                         build / "disk",
-                        root_disk.format,
+                        root.format,
                         plan.injection,
                         self.runner,
                         tcg=self.host_facts().virt_type != "kvm",
                     )
+                meta.result()
             except BaseException:
-                remove_instance_images(self.rbd, [d.rbd for d in plan.disks if d.rbd])
+                backend.discard(plan.disks)
                 raise
-            meta.result()
-            _sync_files(build, [d.name for d in plan.disks if d.local])
+            _sync_files(build, [n for n, p in located.items() if isinstance(p.source, FileSource)])
             self.store.publish(build, plan.instance_dir)
         return Instance(plan.instance_dir, record)
 
@@ -144,13 +139,13 @@ class Provisioner:
             target = build / disk.name
             if disk.role is DiskRole.CONFIG:
                 self.make_config_drive(plan, target)
-                if not disk.local and isinstance(backend, RbdBackend):
-                    backend.adopt(disk, target)
-            elif disk.role in (DiskRole.KERNEL, DiskRole.RAMDISK):
+                backend.adopt(disk, target)
+            elif disk.role in _BOOT_FILES:
                 self.copy_boot_file(boot_files[disk.name], target)
             else:
-                backend.ensure_disk(disk, target, base)
-                if plan.preallocate and disk.size and fallocate_supported(build):
+                made = backend.ensure_disk(disk, target, base, plan.image_location)
+                local = isinstance(made.source, FileSource)
+                if local and plan.preallocate and disk.size and fallocate_supported(build):
                     preallocate(target, disk.size)
 
         if len(plan.disks) == 1:
@@ -173,59 +168,59 @@ class Provisioner:
         build_drive(plan, plan.config_drive, target, self.runner)
 
 
+def locate(backend: DiskBackend, disk: DiskPlan) -> ProvisionedDisk:
+    """Kernels and ramdisks are always files in the instance directory; the rest, the
+    backend's to place."""
+    if disk.role in _BOOT_FILES:
+        return ProvisionedDisk(FileSource(disk.path), "raw")
+    return backend.locate(disk)
+
+
 def instance_record(
-    plan: InstancePlan, base: CachedImage | None, request: ImageRequest
+    plan: InstancePlan,
+    base: CachedImage | None,
+    request: ImageRequest,
+    located: Mapping[str, ProvisionedDisk],
 ) -> InstanceRecord:
+    drive = plan.config_drive
     return InstanceRecord(
         name=plan.name,
         uuid=plan.uuid,
-        backend=str(plan.backend),
-        flavor=flavor_dict(plan.flavor),
+        backend=plan.backend,
+        flavor=plan.flavor,
         image_id=plan.image_id,
         image_base=base.name if base is not None else plan.image_base,
         image_source=request.source,
         host=os.uname().nodename,
-        os_type=str(plan.os_type),
-        disks=[_disk_entry(d) for d in plan.disks],
+        os_type=plan.os_type,
+        disks=tuple(disk_entry(d, located[d.name]) for d in plan.disks),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        config_drive=(
-            {"seed": plan.config_drive.seed, "format": plan.config_drive.format}
-            if plan.config_drive
-            else None
-        ),
-        extra={"preallocate": plan.preallocate},
+        config_drive=DriveInfo(drive.seed, drive.format) if drive else None,
+        preallocate=plan.preallocate,
         kernel=_boot_entry(plan, "kernel"),
         ramdisk=_boot_entry(plan, "ramdisk"),
         cmdline=plan.cmdline,
     )
 
 
-def _boot_entry(plan: InstancePlan, name: str) -> dict[str, object] | None:
+def _boot_entry(plan: InstancePlan, name: str) -> BootFile | None:
     disk = plan.disk(name)
     if disk is None:
         return None
-    return {"id": plan.boot_ids[name], "base": disk.base}
+    return BootFile(plan.boot_ids[name], disk.base)
 
 
-def _disk_entry(disk: DiskPlan) -> dict[str, object]:
-    return {
-        "name": disk.name,
-        "role": str(disk.role),
-        "format": disk.format,
-        "size": disk.size,
-        "base": disk.base,
-        "label": disk.label,
-        "fs": disk.fs,
-        "rbd": disk.rbd,
-    }
-
-
-def _flat_bytes(plan: InstancePlan, base: CachedImage) -> int:
-    """What flat copies can take: the base's allocation plus any preallocated sizes."""
-    total = base.path.stat().st_blocks * 512
-    if plan.preallocate:
-        total += sum(d.size or 0 for d in plan.disks)
-    return total
+def disk_entry(disk: DiskPlan, made: ProvisionedDisk) -> DiskEntry:
+    return DiskEntry(
+        name=disk.name,
+        role=disk.role,
+        format=made.driver_format,
+        source=made.source,
+        size=disk.size,
+        base=disk.base,
+        label=disk.label,
+        fs=disk.fs,
+    )
 
 
 class _Background:
@@ -250,7 +245,7 @@ class _Background:
 
 
 def _check_and_write_metadata(
-    base: CachedImage, build: Path, formats: dict[str, str], record: InstanceRecord, xml: str
+    base: CachedImage | None, build: Path, record: InstanceRecord, xml: str
 ) -> None:
     """Re-check the base's header (it may predate a rule), then write the metadata.
 
@@ -261,7 +256,7 @@ def _check_and_write_metadata(
         inspect.recheck_raw_base(base.path)
     (build / "console.log").touch(mode=0o640)
     contents = {
-        diskinfo.FILENAME: (json.dumps(formats) + "\n").encode(),
+        diskinfo.FILENAME: diskinfo.encode(record),
         RECORD: record.to_json(),
         "libvirt.xml": xml.encode(),
     }
@@ -285,33 +280,6 @@ def _sync_files(directory: Path, names: list[str]) -> None:
 
 def write_domain_xml(inst: Instance, facts: HostFacts) -> str:
     """(Re)write libvirt.xml for the instance as it stands: the rescue variant while rescued."""
-    xml = render(
-        domain_for(
-            inst.record,
-            inst.path,
-            diskinfo.read(inst.path),
-            facts,
-            rescue=inst.record.rescue is not None,
-        )
-    )
+    xml = render(domain_for(inst.record, inst.path, facts, rescue=inst.record.rescue is not None))
     write_atomic(inst.path / "libvirt.xml", xml.encode())
     return xml
-
-
-def check_disks_present(inst: Instance, base_dir: Path) -> None:
-    """Every disk in disk.info exists, and so does every qcow2 backing file."""
-    for path, fmt in diskinfo.read(inst.path).items():
-        disk = Path(path)
-        if not disk.exists():
-            raise DiskMissing(
-                f"disk {disk} of {inst.record.name} is missing", reason="disk-missing"
-            )
-        if fmt == "qcow2":
-            backing = qcow2_backing_file(disk)
-            if backing and not Path(backing).exists():
-                raise DiskMissing(
-                    f"backing file {backing} of {disk.name} is gone from {base_dir}",
-                    reason="base-missing",
-                    hint="the base was removed by hand; vmdisk cache prune never removes one "
-                    "in use",
-                )

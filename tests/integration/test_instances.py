@@ -136,7 +136,7 @@ def test_preallocation_reserves_space(settings: Settings, image: Path) -> None:
         st = (inst.path / name).stat()
         assert st.st_blocks * 512 >= size, name
         assert st.st_size == size
-    assert inst.record.extra["preallocate"] is True
+    assert inst.record.preallocate is True
 
 
 def test_resize_grows_and_refuses_to_shrink(host: Host, image: Path) -> None:
@@ -144,7 +144,7 @@ def test_resize_grows_and_refuses_to_shrink(host: Host, image: Path) -> None:
     grown = host.resize_instance("vm1", 3, 2)
     assert qemu_info(grown.path / "disk", "qcow2")["virtual-size"] == 3 * GiB
     assert qemu_info(grown.path / "disk.local", "qcow2")["virtual-size"] == 2 * GiB
-    assert grown.record.flavor["root_gb"] == 3
+    assert grown.record.flavor.root_gb == 3
     with pytest.raises(InvalidRequest) as err:
         host.resize_instance("vm1", 2, None)
     assert err.value.reason == "shrink-refused"
@@ -200,9 +200,7 @@ def test_names_and_uuids_are_unique(host: Host, image: Path) -> None:
 
 
 def test_show_reads_disk_facts(host: Host, image: Path) -> None:
-    from vmdisk.lifecycle import describe
-
-    data = describe(host.create_instance(spec(), ImageRequest(str(image))))
+    data = host.describe(host.create_instance(spec(), ImageRequest(str(image))))
     disks = {d["name"]: d for d in data["disks"]}
     assert disks["disk"]["format"] == "qcow2" and disks["disk"]["virtual_size"] == GiB
     assert disks["disk"]["backing_file"] == str(host.settings.base_dir / data["image_base"])

@@ -18,6 +18,7 @@ from vmdisk.imagecache.cleaner import CleanupPolicy
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.store import ImageRequest
 from vmdisk.model import BootOptions, InstanceSpec
+from vmdisk.record import BootFile
 from vmdisk.settings import Flavor, load_settings
 
 FLAVOR = Flavor("k", 1, 512, 1)
@@ -64,7 +65,7 @@ def test_kernel_instance_files_xml_and_boot(host: Host, guest: Guest, image: Pat
     formats = (inst.path / "disk.info").read_text()
     assert f'"{inst.path / "kernel"}": "raw"' in formats
     assert f'"{inst.path / "ramdisk"}": "raw"' in formats
-    assert inst.record.kernel == {"id": "debian-kernel", "base": cache_name("debian-kernel")}
+    assert inst.record.kernel == BootFile("debian-kernel", cache_name("debian-kernel"))
     assert inst.record.cmdline == CMDLINE
     xml = inst.path / "libvirt.xml"
     run("virt-xml-validate", xml, "domain")

@@ -91,17 +91,27 @@ def test_monitor_addresses(raw: str, hosts: tuple[tuple[str, int], ...]) -> None
 
 def test_rbd_disks_render_as_network_sources_with_cephx() -> None:
     from tests.domains import DIR, record
-    from vmdisk.libvirt.domain import CephFacts, HostFacts, domain_for
+    from vmdisk.libvirt.domain import HostFacts, domain_for
+    from vmdisk.model import BackendName, DiskRole, NetworkAuth, NetworkSource
+    from vmdisk.record import DiskEntry
 
+    hosts = (("192.0.2.1", 6789),)
+    auth = NetworkAuth("nova", "5b1f1b8a-3f0c-4a1a-9d7c-8c6f7b6a5e4d")
     rec = record(
-        backend="rbd",
-        disks=[
-            {"name": "disk", "rbd": "vms/u_disk"},
-            {"name": "disk.config", "rbd": "vms/u_disk.config"},
-        ],
+        backend=BackendName.RBD,
+        disks=(
+            DiskEntry(
+                "disk", DiskRole.ROOT, "raw", NetworkSource("rbd", "vms/u_disk", hosts, auth)
+            ),
+            DiskEntry(
+                "disk.config",
+                DiskRole.CONFIG,
+                "raw",
+                NetworkSource("rbd", "vms/u_disk.config", hosts, auth),
+            ),
+        ),
     )
-    ceph = CephFacts((("192.0.2.1", 6789),), "nova", "5b1f1b8a-3f0c-4a1a-9d7c-8c6f7b6a5e4d")
-    root = ET.fromstring(render(domain_for(rec, DIR, {}, HostFacts("qemu", ceph=ceph))))
+    root = ET.fromstring(render(domain_for(rec, DIR, HostFacts("qemu"))))
     disks = list(root.iter("disk"))
     assert [d.get("type") for d in disks] == ["network", "network"]
     source = disks[0].find("source")

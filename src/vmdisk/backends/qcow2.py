@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmdisk.backends.base import DiskBackend
+from vmdisk.backends.base import FileBackend
+from vmdisk.fsutil import copy_sparse, removing_on_error, temp_name
+from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.store import CachedImage
 from vmdisk.model import BackendName, DiskPlan
+from vmdisk.record import DiskEntry
+from vmdisk.tools.headers import read_facts
+from vmdisk.tools.qemu_img import QemuImg
+from vmdisk.units import GiB
 
 
-class Qcow2Backend(DiskBackend):
+class Qcow2Backend(FileBackend):
     name = BackendName.QCOW2
 
     def create_from_base(self, disk: DiskPlan, target: Path, base: CachedImage) -> None:
@@ -30,3 +36,37 @@ class Qcow2Backend(DiskBackend):
             self.qemu.create(
                 target, "qcow2", disk.size, backing_file=template, backing_format="raw"
             )
+
+    def resize(self, entry: DiskEntry, size: int) -> None:
+        path = Path(self.describe(entry).location)
+        ensure_legacy_backing(self.deps.locks, self.qemu, path, entry.format)
+        super().resize(entry, size)
+
+    def check_present(self, entry: DiskEntry, base_dir: Path) -> None:
+        path = Path(self.describe(entry).location)
+        if path.exists():
+            ensure_legacy_backing(self.deps.locks, self.qemu, path, entry.format)
+        super().check_present(entry, base_dir)
+
+
+def ensure_legacy_backing(locks: Locks, qemu: QemuImg, disk: Path, fmt: str) -> None:
+    """Regenerate a missing pre-Grizzly `<sha1>_<N>` backing file: the base grown to N GiB."""
+    if fmt != "qcow2":
+        return
+    backing = read_facts(disk, fmt).backing_file
+    if not backing:
+        return
+    path = Path(backing)
+    stem, sep, digits = path.name.rpartition("_")
+    if not sep or not digits.isdigit() or len(stem) != 40 or path.exists():
+        return
+    original = path.with_name(stem)
+    with locks.exclusive(path.name):
+        if path.exists():
+            return
+        tmp = temp_name(path)
+        with removing_on_error(tmp):
+            copy_sparse(original, tmp)
+            if int(digits) * GiB > original.stat().st_size:
+                qemu.resize(tmp, "raw", int(digits) * GiB)
+            tmp.rename(path)

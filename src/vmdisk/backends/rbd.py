@@ -14,22 +14,30 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmdisk.backends.base import DiskBackend
-from vmdisk.errors import FlavorDiskSmallerThanImage, InvalidRequest
-from vmdisk.imagecache.locks import Locks
+from vmdisk.backends.base import BackendDeps, DiskBackend, DiskState, verify_base_size
+from vmdisk.errors import NotSupported
 from vmdisk.imagecache.store import CachedImage
-from vmdisk.imagecache.templates import TemplateCache
-from vmdisk.model import BackendName, DiskPlan, DiskRole
-from vmdisk.tools.ceph import Cluster, Pool, parse_rbd_url
-from vmdisk.tools.qemu_img import QemuImg
-from vmdisk.tools.runner import Runner
-from vmdisk.units import format_size
+from vmdisk.model import (
+    BackendName,
+    DiskPlan,
+    DiskRole,
+    NetworkAuth,
+    NetworkSource,
+    ProvisionedDisk,
+)
+from vmdisk.record import DiskEntry
+from vmdisk.settings import LibvirtSettings
+from vmdisk.tools.ceph import Cluster, Pool, monitors, parse_rbd_url
 
 SNAP = "snap"
 BASE_PREFIX = "vmdisk_base_"
+PROTOCOL = "rbd"
+#: Disks that live in the pool; kernels and ramdisks stay files in the instance directory.
+_ROLES = (DiskRole.ROOT, DiskRole.EPHEMERAL, DiskRole.SWAP, DiskRole.CONFIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,31 +47,33 @@ class RbdConfig:
     user: str | None = None
     secret_uuid: str | None = None
 
+    @classmethod
+    def from_settings(cls, lib: LibvirtSettings) -> RbdConfig:
+        return cls(
+            pool=lib.images_rbd_pool,
+            conf=Path(lib.images_rbd_ceph_conf) if lib.images_rbd_ceph_conf else None,
+            user=lib.rbd_user,
+            secret_uuid=lib.rbd_secret_uuid,
+        )
+
     def cluster(self) -> Cluster:
         return Cluster(self.conf, self.user)
 
 
 class RbdBackend(DiskBackend):
     name = BackendName.RBD
+    supports_rescue = False
 
-    def __init__(
-        self,
-        qemu: QemuImg,
-        runner: Runner,
-        templates: TemplateCache,
-        config: RbdConfig,
-        locks: Locks,
-        location: str | None = None,
-    ) -> None:
-        super().__init__(qemu, runner, templates)
-        self.config = config
-        self.locks = locks
-        self.location = location  # Glance's rbd:// location, when there is one
+    def __init__(self, deps: BackendDeps) -> None:
+        super().__init__(deps)
+        self.config = RbdConfig.from_settings(deps.libvirt)
+        self.locks = deps.locks
         self._cluster: Cluster | None = None
+        self._hosts: tuple[tuple[str, int], ...] | None = None
         self._guard = threading.Lock()
 
     def cluster(self) -> Cluster:
-        """One connection for the whole create (connecting costs more than a clone)."""
+        """One connection for the whole operation (connecting costs more than a clone)."""
         with self._guard:
             if self._cluster is None:
                 self._cluster = self.config.cluster().__enter__()
@@ -75,47 +85,56 @@ class RbdBackend(DiskBackend):
                 self._cluster.__exit__(None, None, None)
                 self._cluster = None
 
-    def ensure_disk(self, disk: DiskPlan, target: Path, base: CachedImage | None) -> None:
-        if disk.rbd is None:
-            super().ensure_disk(disk, target, base)
-            return
-        if disk.role is not DiskRole.ROOT:
-            self.create_blank(disk, target)
-        elif base is None:
-            self.clone_from_glance(disk)
-        else:
-            self.create_from_base(disk, target, base)
+    def locate(self, disk: DiskPlan) -> ProvisionedDisk:
+        if disk.role not in _ROLES:
+            return super().adopt(disk, disk.path)
+        if self._hosts is None:
+            self._hosts = monitors(self.config.conf) if self.config.conf else ()
+        auth = NetworkAuth(self.config.user, self.config.secret_uuid) if self.config.user else None
+        name = f"{self.config.pool}/{disk.owner}_{disk.name}"
+        return ProvisionedDisk(
+            NetworkSource(PROTOCOL, name, self._hosts, auth, self.config.conf), "raw"
+        )
 
-    def clone_source(self, fsid: str) -> tuple[str, str, str] | None:
+    def needs_base(self, location: str | None) -> bool:
+        return self._clone_source(location) is None
+
+    def _clone_source(self, location: str | None) -> tuple[str, str, str] | None:
         """(pool, image, snap) of a cloneable Glance location in this cluster, else None."""
-        parsed = parse_rbd_url(self.location or "")
-        if parsed is None or parsed[0] != fsid:
+        parsed = parse_rbd_url(location or "")
+        if parsed is None or parsed[0] != self.cluster().fsid:
             return None
         return parsed[1], parsed[2], parsed[3]
 
-    def can_clone(self) -> bool:
-        if not self.location:
-            return False
-        return self.clone_source(self.cluster().fsid) is not None
+    def ensure_disk(
+        self,
+        disk: DiskPlan,
+        target: Path,
+        base: CachedImage | None,
+        location: str | None = None,
+    ) -> ProvisionedDisk:
+        if disk.role is DiskRole.ROOT and base is None:
+            self._clone_from_glance(disk, location)
+            return self.locate(disk)
+        return super().ensure_disk(disk, target, base, location)
 
-    def clone_from_glance(self, disk: DiskPlan) -> None:
+    def exists(self, disk: DiskPlan, target: Path) -> bool:
+        return False  # names are per instance uuid: a new build never finds one
+
+    def _clone_from_glance(self, disk: DiskPlan, location: str | None) -> None:
+        source = self._clone_source(location)
+        if source is None:
+            raise NotSupported("the Glance image is not in this Ceph cluster")
         cluster = self.cluster()
-        with cluster.pool(self.config.pool) as ioctx:
-            source = self.clone_source(cluster.fsid)
-            if source is None:
-                raise InvalidRequest("the Glance image is not in this Ceph cluster")
-            gpool, gimage, snap = source
-            with cluster.pool(gpool) as gctx:
-                parent = Pool(cluster, gctx, gpool)
-                size = parent.info(gimage).size
-                _verify_size(size, disk.size)
-                pool = Pool(cluster, ioctx, self.config.pool)
-                pool.clone_from(gctx, gimage, snap, _image(disk))
-                if disk.size:
-                    pool.resize(_image(disk), disk.size)
+        gpool, gimage, snap = source
+        with cluster.pool(self.config.pool) as ioctx, cluster.pool(gpool) as gctx:
+            verify_base_size(Pool(cluster, gctx, gpool).info(gimage).size, disk.size)
+            pool = Pool(cluster, ioctx, self.config.pool)
+            pool.clone_from(gctx, gimage, snap, _image(disk))
+            if disk.size:
+                pool.resize(_image(disk), disk.size)
 
     def create_from_base(self, disk: DiskPlan, target: Path, base: CachedImage) -> None:
-        _verify_size(base.record.virtual_size, disk.size)
         self._clone_local(disk, base.name, base.path)
 
     def create_blank(self, disk: DiskPlan, target: Path) -> None:
@@ -125,7 +144,7 @@ class RbdBackend(DiskBackend):
         with self.templates.using(disk.base, disk.size, make) as template:
             self._clone_local(disk, disk.base, template)
 
-    def adopt(self, disk: DiskPlan, local: Path) -> None:
+    def adopt(self, disk: DiskPlan, local: Path) -> ProvisionedDisk:
         """Import a file made locally (the config drive) as the disk's image; remove the file."""
         cluster = self.cluster()
         with cluster.pool(self.config.pool) as ioctx:
@@ -134,6 +153,7 @@ class RbdBackend(DiskBackend):
             pool.create(_image(disk), local.stat().st_size)
             pool.write_file(_image(disk), local)
         local.unlink()
+        return self.locate(disk)
 
     def _clone_local(self, disk: DiskPlan, name: str, path: Path) -> None:
         cluster = self.cluster()
@@ -172,28 +192,57 @@ class RbdBackend(DiskBackend):
                 raise
         return final
 
-    def resize(self, path: Path, fmt: str, size: int) -> None:
-        raise InvalidRequest("internal: RBD disks are resized by image name")
+    def describe(self, entry: DiskEntry) -> DiskState:
+        if not isinstance(entry.source, NetworkSource):
+            return super().describe(entry)
+        pool_name, image = entry.source.name.split("/", 1)
+        info = None
+        cluster = self.cluster()
+        with cluster.pool(pool_name) as ioctx:
+            pool = Pool(cluster, ioctx, pool_name)
+            if pool.exists(image):
+                info = pool.info(image)
+        parent = info.parent if info else None
+        return DiskState(
+            f"rbd:{entry.source.name}",
+            info.size if info else None,
+            None,
+            parent,
+            details=(("pool", pool_name), ("image", image), ("parent", parent)),
+        )
 
-    def resize_image(self, image: str, size: int) -> None:
-        pool_name, name = image.split("/", 1)
-        with self.config.cluster() as cluster, cluster.pool(pool_name) as ioctx:
-            Pool(cluster, ioctx, pool_name).resize(name, size)
+    def resize(self, entry: DiskEntry, size: int) -> None:
+        if not isinstance(entry.source, NetworkSource):
+            super().resize(entry, size)
+            return
+        pool_name, image = entry.source.name.split("/", 1)
+        cluster = self.cluster()
+        with cluster.pool(pool_name) as ioctx:
+            Pool(cluster, ioctx, pool_name).resize(image, size)
+
+    def check_present(self, entry: DiskEntry, base_dir: Path) -> None:
+        if not isinstance(entry.source, NetworkSource):
+            super().check_present(entry, base_dir)
+
+    def remove(self, entries: Sequence[DiskEntry]) -> None:
+        """Remove an instance's RBD images; parents (bases, Glance's) are never touched."""
+        self._remove([e.source.name for e in entries if isinstance(e.source, NetworkSource)])
+
+    def discard(self, disks: Sequence[DiskPlan]) -> None:
+        self._remove([f"{self.config.pool}/{_image(d)}" for d in disks if d.role in _ROLES])
+
+    def _remove(self, specs: list[str]) -> None:
+        if not specs:
+            return
+        cluster = self.cluster()
+        for spec in specs:
+            pool_name, name = spec.split("/", 1)
+            with cluster.pool(pool_name) as ioctx:
+                Pool(cluster, ioctx, pool_name).remove(name)
 
 
 def _image(disk: DiskPlan) -> str:
-    if disk.rbd is None:
-        raise ValueError(f"{disk.name} is not an RBD disk")
-    return disk.rbd.split("/", 1)[1]
-
-
-def _verify_size(image_size: int, disk_size: int | None) -> None:
-    if disk_size is not None and image_size > disk_size:
-        raise FlavorDiskSmallerThanImage(
-            f"the image's size {format_size(image_size)} is larger than the flavor's root disk "
-            f"{format_size(disk_size)}",
-            reason="flavor-too-small",
-        )
+    return f"{disk.owner}_{disk.name}"
 
 
 def _remove_with_snaps(pool: Pool, image: str) -> None:
@@ -203,27 +252,3 @@ def _remove_with_snaps(pool: Pool, image: str) -> None:
                 img.unprotect_snap(snap["name"])
             img.remove_snap(snap["name"])
     pool.remove(image)
-
-
-def remove_instance_images(config: RbdConfig, images: list[str]) -> None:
-    """Remove an instance's RBD images; parents (bases, Glance's) are never touched."""
-    if not images:
-        return
-    with config.cluster() as cluster:
-        for spec in images:
-            pool_name, name = spec.split("/", 1)
-            with cluster.pool(pool_name) as ioctx:
-                Pool(cluster, ioctx, pool_name).remove(name)
-
-
-def describe_images(config: RbdConfig, images: list[str]) -> dict[str, dict[str, object]]:
-    out: dict[str, dict[str, object]] = {}
-    with config.cluster() as cluster:
-        for spec in images:
-            pool_name, name = spec.split("/", 1)
-            with cluster.pool(pool_name) as ioctx:
-                pool = Pool(cluster, ioctx, pool_name)
-                if pool.exists(name):
-                    info = pool.info(name)
-                    out[spec] = {"virtual_size": info.size, "parent": info.parent}
-    return out

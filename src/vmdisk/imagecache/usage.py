@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from vmdisk import diskinfo
 from vmdisk.instances import InstanceStore
+from vmdisk.model import FileSource
 from vmdisk.tools.headers import qcow2_backing_file
 
 
@@ -19,11 +19,11 @@ def bases_in_use(store: InstanceStore, base_dir: Path) -> set[str]:
     used: set[str] = set()
     for inst in store.all():
         used |= inst.record.bases()
-        with contextlib.suppress(Exception):
-            for path, fmt in diskinfo.read(inst.path).items():
-                if fmt != "qcow2":
-                    continue
-                backing = qcow2_backing_file(Path(path))
+        for disk in inst.record.all_disks():
+            if disk.format != "qcow2" or not isinstance(disk.source, FileSource):
+                continue
+            with contextlib.suppress(Exception):
+                backing = qcow2_backing_file(disk.source.path)
                 if backing and Path(backing).parent == base_dir:
                     used.add(Path(backing).name)
     used |= store.building_bases()

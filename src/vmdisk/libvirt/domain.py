@@ -1,8 +1,9 @@
 """The domain model of an instance and its libvirt XML: dataclasses rendered with ElementTree.
 
-Backends never write XML; this module turns an instance's disks (from disk.info, formats pinned)
-into a Domain, and a Domain into XML, one line per XML fact. The qemu command line in boot.py
-is derived from the same Domain.
+Backends never write XML, and this module knows no backend: it turns an instance record's disks
+(each a DiskSource with its pinned format) into a Domain, and a Domain into XML, one line per XML
+fact; `<disk type="file|block|network">` follows from the source. The qemu command line in
+boot.py is derived from the same Domain.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmdisk import diskinfo
-from vmdisk.instances import Instance, InstanceRecord
+from vmdisk.instances import Instance
+from vmdisk.model import BlockSource, DiskRole, DiskSource, FileSource, NetworkSource
+from vmdisk.record import DiskEntry, InstanceRecord
 
 METADATA_NS = "https://github.com/vmdisk/vmdisk/xmlns/instance/1.0"
 DISK_LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -21,19 +23,8 @@ DEFAULT_CMDLINE = "root=/dev/vda console=ttyS0"
 
 
 @dataclass(frozen=True, slots=True)
-class NetworkSource:
-    """An RBD (or other network) disk: `pool/image` on the monitors."""
-
-    protocol: str
-    name: str
-    hosts: tuple[tuple[str, int], ...] = ()
-    auth_user: str | None = None
-    secret_uuid: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class DiskDevice:
-    source: Path | NetworkSource
+    source: DiskSource
     target: str
     driver_type: str
     bus: str = "virtio"
@@ -67,7 +58,6 @@ class Domain:
     flavor: str = ""
     image_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
-    ceph_conf: Path | None = None  # for qemu's own rbd: driver (libvirt takes <host>s)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -138,26 +128,31 @@ def _devices(root: ET.Element, domain: Domain) -> None:
     _sub(devices, "memballoon", model="virtio")
 
 
+_DISK_TYPES = {FileSource: "file", BlockSource: "block", NetworkSource: "network"}
+
+
 def _disk(devices: ET.Element, disk: DiskDevice) -> None:
-    kind = "network" if isinstance(disk.source, NetworkSource) else "file"
-    el = _sub(devices, "disk", type_=kind, device=disk.device)
+    source = disk.source
+    el = _sub(devices, "disk", type_=_DISK_TYPES[type(source)], device=disk.device)
     driver = {"name": "qemu", "type": disk.driver_type, "cache": disk.cache}
     if disk.io:
         driver["io"] = disk.io
     _sub(el, "driver", **driver)
-    if isinstance(disk.source, NetworkSource):
-        _network_source(el, disk.source)
+    if isinstance(source, NetworkSource):
+        _network_source(el, source)
+    elif isinstance(source, BlockSource):
+        _sub(el, "source", dev=str(source.device))
     else:
-        _sub(el, "source", file=str(disk.source))
+        _sub(el, "source", file=str(source.path))
     _sub(el, "target", dev=disk.target, bus=disk.bus)
     if disk.readonly:
         _sub(el, "readonly")
 
 
 def _network_source(el: ET.Element, src: NetworkSource) -> None:
-    if src.auth_user:
-        auth = _sub(el, "auth", username=src.auth_user)
-        _sub(auth, "secret", type_="ceph", uuid=src.secret_uuid or "")
+    if src.auth is not None:
+        auth = _sub(el, "auth", username=src.auth.username)
+        _sub(auth, "secret", type_=src.auth.secret_type, uuid=src.auth.secret_uuid or "")
     source = _sub(el, "source", protocol=src.protocol, name=src.name)
     for host, port in src.hosts:
         _sub(source, "host", name=host, port=str(port))
@@ -184,16 +179,6 @@ def parse_network(setting: str) -> Interface | None:
 
 
 @dataclass(frozen=True, slots=True)
-class CephFacts:
-    """Where RBD disks are: monitors from ceph.conf, and cephx user and libvirt secret."""
-
-    hosts: tuple[tuple[str, int], ...] = ()
-    user: str | None = None
-    secret_uuid: str | None = None
-    conf: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class HostFacts:
     """What the XML needs from the host and settings, decided once at the edge."""
 
@@ -201,13 +186,11 @@ class HostFacts:
     machine: str = "pc"
     direct_io: bool = True
     interface: Interface | None = None
-    ceph: CephFacts = CephFacts()
 
 
 def domain_for(
     rec: InstanceRecord,
     directory: Path,
-    formats: dict[str, str],
     host: HostFacts,
     *,
     rescue: bool = False,
@@ -215,36 +198,29 @@ def domain_for(
     initrd: Path | None = None,
     cmdline: str | None = None,
 ) -> Domain:
-    """The Domain of an instance; `formats` is its disk.info, which pins every disk's format."""
-    preallocated = bool(rec.extra.get("preallocate"))
+    """The Domain of an instance from its record (which pins every disk's format)."""
     cache = "none" if host.direct_io else "writeback"
-    io = "native" if preallocated and cache == "none" else None
-    sources = _sources(rec, directory, formats, host.ceph)
+    io = "native" if rec.preallocate and cache == "none" else None
+    disks_by_name = {d.name: d for d in rec.all_disks()}
     disks: list[DiskDevice] = []
-    for index, name in enumerate(_boot_order(sources, rescue)):
-        source, fmt = sources[name]
-        disks.append(DiskDevice(source, f"vd{DISK_LETTERS[index]}", fmt, cache=cache, io=io))
-    drive = "disk.config.rescue" if rescue else "disk.config"
-    if drive in sources:
+    for index, entry in enumerate(_boot_order(disks_by_name, rescue)):
+        target = f"vd{DISK_LETTERS[index]}"
+        disks.append(DiskDevice(entry.source, target, entry.format, cache=cache, io=io))
+    drive = disks_by_name.get("disk.config.rescue" if rescue else "disk.config")
+    if drive is not None:
         disks.append(
             DiskDevice(
-                sources[drive][0],
-                "hda",
-                "raw",
-                bus="ide",
-                device="cdrom",
-                cache=cache,
-                readonly=True,
+                drive.source, "hda", "raw", bus="ide", device="cdrom", cache=cache, readonly=True
             )
         )
     if kernel is None:
-        kernel, initrd = _boot_files(directory, formats, rescue)
+        kernel, initrd = _boot_files(disks_by_name, rescue)
     return Domain(
         virt_type=host.virt_type,
         name=rec.name,
         uuid=rec.uuid,
-        memory_mb=int(rec.flavor["memory_mb"]),
-        vcpus=int(rec.flavor["vcpus"]),
+        memory_mb=rec.flavor.memory_mb,
+        vcpus=rec.flavor.vcpus,
         machine=host.machine,
         disks=tuple(disks),
         console_log=directory / "console.log",
@@ -252,51 +228,39 @@ def domain_for(
         initrd=initrd,
         cmdline=cmdline or rec.cmdline,
         interface=host.interface,
-        flavor=str(rec.flavor.get("name", "")),
+        flavor=rec.flavor.name,
         image_id=rec.image_id,
-        ceph_conf=host.ceph.conf,
     )
 
 
 def instance_domain(inst: Instance, host: HostFacts, **kw: Any) -> Domain:
-    return domain_for(inst.record, inst.path, diskinfo.read(inst.path), host, **kw)
+    return domain_for(inst.record, inst.path, host, **kw)
 
 
-_NOT_DISKS = frozenset(
-    {"disk.config", "disk.config.rescue", "kernel", "ramdisk", "kernel.rescue", "ramdisk.rescue"}
-)
-
-
-def _sources(
-    rec: InstanceRecord, directory: Path, formats: dict[str, str], ceph: CephFacts
-) -> dict[str, tuple[Path | NetworkSource, str]]:
-    """Every disk by name: local files from disk.info, RBD images from the record."""
-    sources: dict[str, tuple[Path | NetworkSource, str]] = {
-        Path(p).name: (directory / Path(p).name, fmt) for p, fmt in formats.items()
-    }
-    for disk in rec.disks:
-        if disk.get("rbd"):
-            network = NetworkSource(
-                "rbd", str(disk["rbd"]), ceph.hosts, ceph.user, ceph.secret_uuid
-            )
-            sources[str(disk["name"])] = (network, "raw")
-    return sources
-
-
-def _boot_order(formats: dict[str, Any], rescue: bool) -> list[str]:
+def _boot_order(disks: dict[str, DiskEntry], rescue: bool) -> list[DiskEntry]:
     """vda is the root (disk.rescue in rescue, then the original disk), then the others."""
     rank = {"disk.rescue": 0, "disk": 1, "disk.local": 2, "disk.swap": 9}
-    names = [Path(p).name for p in formats]
-    wanted = [n for n in names if n not in _NOT_DISKS and (rescue or n != "disk.rescue")]
-    return sorted(wanted, key=lambda n: (rank.get(n, 5), n))
+    wanted = [
+        d
+        for d in disks.values()
+        if d.role not in _NOT_DISKS and (rescue or d.role is not DiskRole.RESCUE)
+    ]
+    return sorted(wanted, key=lambda d: (rank.get(d.name, 5), d.name))
 
 
-def _boot_files(
-    directory: Path, formats: dict[str, str], rescue: bool
-) -> tuple[Path | None, Path | None]:
-    """kernel/ramdisk from disk.info (kernel.rescue/ramdisk.rescue when rescuing with them)."""
-    suffix = ".rescue" if rescue and str(directory / "kernel.rescue") in formats else ""
-    kernel, ramdisk = directory / f"kernel{suffix}", directory / f"ramdisk{suffix}"
-    if str(kernel) not in formats:
+_NOT_DISKS = frozenset({DiskRole.CONFIG, DiskRole.KERNEL, DiskRole.RAMDISK})
+
+
+def _boot_files(disks: dict[str, DiskEntry], rescue: bool) -> tuple[Path | None, Path | None]:
+    """kernel/ramdisk from the record (kernel.rescue/ramdisk.rescue when rescuing with them)."""
+    suffix = ".rescue" if rescue and "kernel.rescue" in disks else ""
+    kernel, ramdisk = disks.get(f"kernel{suffix}"), disks.get(f"ramdisk{suffix}")
+    if kernel is None:
         return None, None
-    return kernel, ramdisk if str(ramdisk) in formats else None
+    return _path(kernel), _path(ramdisk) if ramdisk is not None else None
+
+
+def _path(entry: DiskEntry) -> Path:
+    if not isinstance(entry.source, FileSource):
+        raise ValueError(f"{entry.name} must be a file to be booted with -kernel/-initrd")
+    return entry.source.path
