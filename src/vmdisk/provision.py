@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmdisk import diskinfo
-from vmdisk.backends import BackendDeps, DiskBackend, open_backend
+from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend, open_backend
 from vmdisk.backends.base import verify_base_size
 from vmdisk.errors import InvalidRequest
 from vmdisk.fsutil import (
@@ -60,10 +60,11 @@ class Provisioner:
     runner: Runner
     host_facts: Callable[[], HostFacts]
     deps: BackendDeps
+    registry: Mapping[BackendName, BackendInfo] | None = None  # None: the built-in BACKENDS
 
     def backend(self, name: BackendName) -> DiskBackend:
         """A backend for one operation: use it with `with` so its connections are closed."""
-        return open_backend(name, self.deps)
+        return open_backend(name, self.deps, self.registry)
 
     def create(
         self,

@@ -6,7 +6,7 @@ a backend (and RBD's bindings stay unloaded unless an RBD disk is touched).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from vmdisk.backends.base import BackendDeps, DiskBackend, DiskState
@@ -50,9 +50,11 @@ BACKENDS: dict[BackendName, BackendInfo] = {
 }
 
 
-def backend_info(name: BackendName) -> BackendInfo:
+def backend_info(
+    name: BackendName, registry: Mapping[BackendName, BackendInfo] | None = None
+) -> BackendInfo:
     try:
-        return BACKENDS[name]
+        return (BACKENDS if registry is None else registry)[name]
     except KeyError:
         raise InvalidRequest(
             f"backend {name} is not available on this host",
@@ -61,9 +63,13 @@ def backend_info(name: BackendName) -> BackendInfo:
         ) from None
 
 
-def open_backend(name: BackendName, deps: BackendDeps) -> DiskBackend:
+def open_backend(
+    name: BackendName,
+    deps: BackendDeps,
+    registry: Mapping[BackendName, BackendInfo] | None = None,
+) -> DiskBackend:
     """A backend for one operation; close it (or use `with`) to release its connections."""
-    return backend_info(name).factory(deps)
+    return backend_info(name, registry).factory(deps)
 
 
 __all__ = [
