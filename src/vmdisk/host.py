@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
-from vmdisk import lifecycle
+from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
 from vmdisk.errors import ImageNotFound, UnsafeImage
-from vmdisk.fsutil import direct_io_supported, ensure_real_dir, write_atomic
-from vmdisk.imagecache.cleaner import (
-    CleanupPlan,
-    CleanupPolicy,
-    CleanupResult,
-    apply_cleanup,
-    hostname,
-    plan_cleanup,
-    read_hosts,
-    register_host,
-)
-from vmdisk.imagecache.entries import scan
+from vmdisk.fsutil import direct_io_supported, ensure_real_dir
+from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
 from vmdisk.imagecache.glance import FORMATS as GLANCE_FORMATS
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
@@ -34,9 +23,9 @@ from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.sources import ImageSource, open_source
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
-from vmdisk.imagecache.usage import bases_in_use
 from vmdisk.imagecache.verify import Verdict, verify_cache
 from vmdisk.instances import Instance, InstanceStore
+from vmdisk.inventory import CacheListing
 from vmdisk.libvirt import probe
 from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain, parse_network
 from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
@@ -74,7 +63,7 @@ class Host:
             progress=self.progress,
         )
         self.templates = TemplateCache(settings.base_dir, self.locks)
-        reserved = frozenset({settings.image_cache.subdirectory_name, "locks", "compute_nodes"})
+        reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
         self.provisioner = Provisioner(
             self.cache,
@@ -282,17 +271,13 @@ class Host:
         """One pass of the image cache manager; see imagecache/cleaner.py for the protocol."""
         self.prepare()
         policy = policy or self.cleanup_policy()
-        started = time.time()
-        registry = self.settings.instances_path / "compute_nodes"
-        hosts = read_hosts(registry)
-        if not dry_run:
-            self.store.reap()
-            hosts = register_host(registry, self.locks, hostname(), started, write_atomic)
-        in_use = bases_in_use(self.store, self.settings.base_dir)
-        plan = plan_cleanup(scan(self.settings.base_dir), in_use, hosts, started, policy)
-        if dry_run:
-            return plan, None
-        return plan, apply_cleanup(plan, self.settings.base_dir, self.locks, started, policy)
+        return inventory.prune(
+            self.store, self.settings.base_dir, self.locks, policy, dry_run=dry_run
+        )
+
+    def cache_listing(self) -> CacheListing:
+        """`cache list`: each base with its record, allocation, last use and users."""
+        return inventory.list_cache(self.store.all(), self.settings.base_dir)
 
     def verify_cache(self) -> list[Verdict]:
         self.prepare()

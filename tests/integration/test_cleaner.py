@@ -206,12 +206,10 @@ def test_verify_reports_tampered_bases_and_deletes_nothing(host: Host, tmp_path:
 
 
 def test_cache_list_names_the_users(host: Host, tmp_path: Path) -> None:
-    from vmdisk.imagecache.listing import list_cache
-
     (image,) = images(tmp_path, 1)
     host.create_instance(InstanceSpec("u1", str(uuidlib.uuid4()), FLAVOR), ImageRequest(str(image)))
     host.create_instance(InstanceSpec("u2", str(uuidlib.uuid4()), FLAVOR), ImageRequest(str(image)))
-    entries = {e.kind: e for e in list_cache(host).entries}
+    entries = {e.kind: e for e in host.cache_listing().entries}
     assert entries["original"].users == ["u1", "u2"]
     assert entries["swap"].users == ["u1", "u2"]
-    assert list_cache(host).total_allocated > 0
+    assert host.cache_listing().total_allocated > 0

@@ -105,10 +105,8 @@ def cache_group() -> None:
 @click.pass_context
 def cache_list(ctx: click.Context) -> None:
     """List cached bases: image id, format, sizes, last use and users."""
-    from vmdisk.imagecache.listing import list_cache
-
     a = app(ctx)
-    listing = list_cache(a.host)
+    listing = a.host.cache_listing()
     data = listing.to_dict()
 
     def human(out: Console) -> None:
