@@ -19,12 +19,13 @@ from pathlib import Path
 
 from vmdisk import diskinfo
 from vmdisk.errors import InstanceExists, InstanceNotFound, InvalidRequest, VmdiskError
-from vmdisk.fsutil import fsync_dir, write_atomic
+from vmdisk.fsutil import ensure_real_dir, fsync_dir, write_atomic
 from vmdisk.imagecache.locks import Locks
 from vmdisk.model import NAME_RE
 from vmdisk.record import InstanceRecord, decode
 
 RECORD = "instance.json"
+RECORD_MODE = 0o600  # the record names image sources: the owner's business only
 BUILDING = ".building-"
 DELETING = ".deleting-"
 NAMES_LOCK = "instance-names"
@@ -115,7 +116,8 @@ class InstanceStore:
                 shutil.rmtree(build, ignore_errors=True)
                 self._release(name, uuid)
                 raise
-            self.locks.remove(f"build-{uuid}")  # still held: nobody can be waiting on it
+            finally:
+                self.locks.remove(f"build-{uuid}")  # still held: nobody can be waiting on it
 
     def _claim(self, name: str, uuid: str) -> None:
         """Take `name` in the index for `uuid`, reclaiming it from a dead build first."""
@@ -126,7 +128,7 @@ class InstanceStore:
             if (self.root / uuid).exists() or (self.root / f"{BUILDING}{uuid}").exists():
                 raise InstanceExists(f"uuid {uuid} is already used", reason="exists")
         names = self.root / NAMES_DIR
-        names.mkdir(exist_ok=True)
+        ensure_real_dir(names)
         owner = self._uuid_of(name)
         if owner is not None and self._alive(owner):
             raise InstanceExists(f"an instance named {name!r} exists ({owner})", reason="exists")
@@ -158,7 +160,7 @@ class InstanceStore:
     def write_record(self, directory: Path, record: InstanceRecord) -> None:
         """Replace the record of a published instance, and disk.info derived from it."""
         diskinfo.write(directory, record)
-        write_atomic(directory / RECORD, record.to_json())
+        write_atomic(directory / RECORD, record.to_json(), RECORD_MODE)
 
     def delete(self, inst: Instance) -> None:
         """Rename out of sight first (atomic), then remove; never touches _base."""
@@ -168,7 +170,28 @@ class InstanceStore:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def reap(self) -> list[str]:
-        """Remove build directories of dead processes and half-deleted instances."""
+        """Remove what dead processes left: build directories, half-deleted instances, and
+        name entries whose instance is gone."""
+        removed = self._reap_directories()
+        removed += self._reap_names()
+        return removed
+
+    def _reap_names(self) -> list[str]:
+        names = self.root / NAMES_DIR
+        if not names.is_dir() or names.is_symlink():
+            return []
+        removed = []
+        with self.locks.exclusive(NAMES_LOCK):
+            for entry in os.scandir(names):
+                if not NAME_RE.fullmatch(entry.name) or entry.is_symlink():
+                    continue
+                owner = self._uuid_of(entry.name)
+                if owner is not None and not self._alive(owner):
+                    os.unlink(entry.path)
+                    removed.append(f"{NAMES_DIR}/{entry.name}")
+        return removed
+
+    def _reap_directories(self) -> list[str]:
         removed = []
         for entry in list(os.scandir(self.root)) if self.root.exists() else []:
             if entry.name.startswith(DELETING):

@@ -7,8 +7,9 @@ and every qemu-img call takes its -f from the record, never from a probe (OSSA-2
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from vmdisk.backends import DiskBackend
@@ -112,8 +113,8 @@ def rescue(
     bases = [base.name]
     for name, boot_request in (boot_files or {}).items():
         path = inst.path / f"{name}.rescue"
-        with prov.cache.using(boot_request) as cached, removing_on_error(path):
-            copy_sparse(cached.path, path)
+        with prov.cache.using(boot_request) as cached:
+            _copy_into(cached.path, path)
         disks.append(
             DiskEntry(path.name, DiskRole(name), "raw", FileSource(path), base=cached.name)
         )
@@ -121,12 +122,21 @@ def rescue(
     config = inst.record.disk("disk.config")
     if config is not None and isinstance(config.source, FileSource):
         copy = inst.path / "disk.config.rescue"
-        shutil.copyfile(config.source.path, copy)
+        _copy_into(config.source.path, copy)
         disks.append(DiskEntry(copy.name, DiskRole.CONFIG, "raw", FileSource(copy)))
     state = RescueState(image_id, base.name, disk.format, tuple(disks), tuple(bases))
     record = dataclasses.replace(inst.record, rescue=state)
     prov.store.write_record(inst.path, record)
     return Instance(inst.path, record)
+
+
+def _copy_into(src: Path, dst: Path) -> None:
+    """Copy through a new temporary name, then rename: whatever sits at `dst` (a planted
+    symlink included) is replaced, never written through."""
+    tmp = temp_name(dst)
+    with removing_on_error(tmp):
+        copy_sparse(src, tmp)
+        os.replace(tmp, dst)
 
 
 def unrescue(prov: Provisioner, inst: Instance) -> Instance:

@@ -23,6 +23,7 @@ from vmdisk.fsutil import (
     copy_sparse,
     fallocate_supported,
     fsync_dir,
+    open_exclusive,
     preallocate,
     require_space,
     space_error,
@@ -32,7 +33,7 @@ from vmdisk.imagecache import inspect
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.inject import inject
-from vmdisk.instances import RECORD, Instance, InstanceStore
+from vmdisk.instances import RECORD, RECORD_MODE, Instance, InstanceStore
 from vmdisk.libvirt.domain import HostFacts, domain_for, render
 from vmdisk.model import (
     BackendName,
@@ -119,6 +120,7 @@ class Provisioner:
                     )
                 meta.result()
             except BaseException:
+                meta.join()  # its writes must be over before the build directory is removed
                 backend.discard(plan.disks)
                 raise
             _sync_files(build, [n for n, p in located.items() if isinstance(p.source, FileSource)])
@@ -239,6 +241,9 @@ class _Background:
         self._thread = threading.Thread(target=target, daemon=True)
         self._thread.start()
 
+    def join(self) -> None:
+        self._thread.join()
+
     def result(self) -> None:
         self._thread.join()
         if self._error is not None:
@@ -257,12 +262,12 @@ def _check_and_write_metadata(
         inspect.recheck_raw_base(base.path)
     (build / "console.log").touch(mode=0o640)
     contents = {
-        diskinfo.FILENAME: diskinfo.encode(record),
-        RECORD: record.to_json(),
-        "libvirt.xml": xml.encode(),
+        diskinfo.FILENAME: (diskinfo.encode(record), 0o644),
+        RECORD: (record.to_json(), RECORD_MODE),
+        "libvirt.xml": (xml.encode(), 0o644),
     }
-    for name, data in contents.items():
-        with open(build / name, "xb") as fh:
+    for name, (data, mode) in contents.items():
+        with os.fdopen(open_exclusive(build / name, mode), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

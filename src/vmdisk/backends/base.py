@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from vmdisk.errors import DiskMissing, FlavorDiskSmallerThanImage, NotSupported
+from vmdisk.errors import BackendError, DiskMissing, FlavorDiskSmallerThanImage, NotSupported
 from vmdisk.fsutil import open_exclusive
 from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.store import CachedImage
@@ -170,11 +170,11 @@ class DiskBackend(ABC):
 
     def resize(self, entry: DiskEntry, size: int) -> None:
         """Grow `entry` to `size` bytes (the caller has refused shrinking)."""
-        self.qemu.resize(_file_path(entry), entry.format, size)
+        self.qemu.resize(local_path(entry), entry.format, size)
 
     def check_present(self, entry: DiskEntry, base_dir: Path) -> None:
         """Before a boot: the disk exists, and so does what it is made from."""
-        path = _file_path(entry)
+        path = local_path(entry)
         if not path.exists():
             raise DiskMissing(f"disk {path} is missing", reason="disk-missing")
         if entry.format == "qcow2":
@@ -203,9 +203,18 @@ class DiskBackend(ABC):
             make_filesystem(self.runner, disk.fs or "ext4", target, disk.label, disk.mkfs_command)
 
 
-def _file_path(entry: DiskEntry) -> Path:
+def local_path(entry: DiskEntry) -> Path:
+    """The local path of a disk, refused if it is a symlink: a link planted in an instance
+    directory must never let qemu-img write through it to a file elsewhere."""
     if isinstance(entry.source, FileSource):
-        return entry.source.path
+        path = entry.source.path
+        if path.is_symlink():
+            raise BackendError(
+                f"{path} is a symlink; refusing to touch what it points at",
+                reason="symlink",
+                hint="the instance directory was tampered with; check it by hand",
+            )
+        return path
     if isinstance(entry.source, BlockSource):
         return entry.source.device
     raise NotSupported(f"{entry.name} is not a local disk")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmdisk.backends.base import FileBackend
+from vmdisk.backends.base import FileBackend, local_path
 from vmdisk.fsutil import copy_sparse, removing_on_error, temp_name
 from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.store import CachedImage
@@ -38,12 +38,12 @@ class Qcow2Backend(FileBackend):
             )
 
     def resize(self, entry: DiskEntry, size: int) -> None:
-        path = Path(self.describe(entry).location)
+        path = local_path(entry)
         ensure_legacy_backing(self.deps.locks, self.qemu, path, entry.format)
         super().resize(entry, size)
 
     def check_present(self, entry: DiskEntry, base_dir: Path) -> None:
-        path = Path(self.describe(entry).location)
+        path = local_path(entry)
         if path.exists():
             ensure_legacy_backing(self.deps.locks, self.qemu, path, entry.format)
         super().check_present(entry, base_dir)

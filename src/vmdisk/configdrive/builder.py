@@ -44,6 +44,11 @@ def drive_files(plan: InstancePlan, spec: ConfigDriveSpec) -> tuple[str, dict[st
     return "config-2", config_drive_files(identity, spec)
 
 
+#: The drive carries admin_pass and keys: readable by its owner only (libvirt's dynamic
+#: ownership hands it to the qemu user when the guest starts).
+DRIVE_MODE = 0o600
+
+
 def build_drive(plan: InstancePlan, spec: ConfigDriveSpec, target: Path, runner: Runner) -> None:
     label, files = drive_files(plan, spec)
     if spec.format == "vfat":
@@ -68,7 +73,7 @@ def build_iso(files: dict[str, bytes], label: str, target: Path) -> None:
                 made.add(directory)
         data = files[rel]
         iso.add_fp(io.BytesIO(data), len(data), "/" + rel, rr_name=parts[-1], joliet_path="/" + rel)
-    fd = open_exclusive(target, 0o644)
+    fd = open_exclusive(target, DRIVE_MODE)
     with os.fdopen(fd, "wb") as fh:
         iso.write_fp(fh)
     iso.close()
@@ -83,7 +88,7 @@ def build_vfat(files: dict[str, bytes], label: str, target: Path, runner: Runner
             reason="too-large",
             hint='use config_drive_format = "iso9660" or send less user data/files',
         )
-    fd = open_exclusive(target, 0o644)
+    fd = open_exclusive(target, DRIVE_MODE)
     try:
         os.ftruncate(fd, VFAT_SIZE)
     finally:
