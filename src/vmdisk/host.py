@@ -24,6 +24,7 @@ from vmdisk.imagecache.sources import ImageSource, open_source
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.imagecache.verify import Verdict, verify_cache
+from vmdisk.inject import check_injection_policy
 from vmdisk.instances import Instance, InstanceStore
 from vmdisk.inventory import CacheListing
 from vmdisk.libvirt import probe
@@ -149,6 +150,7 @@ class Host:
         request: ImageRequest,
         boot_files: Mapping[str, ImageRequest] | None = None,
     ) -> InstancePlan:
+        check_injection_policy(spec.injection, self.settings.libvirt)
         image_id, _ = self.cache.identify(request)
         boot_ids = {name: self.cache.identify(r)[0] for name, r in (boot_files or {}).items()}
         return plan_disks(spec, self.settings, image_id, boot_ids, request.location)
@@ -160,6 +162,7 @@ class Host:
         boot_files: Mapping[str, ImageRequest] | None = None,
     ) -> Instance:
         """Create an instance; `boot_files` maps "kernel"/"ramdisk" to their image requests."""
+        check_injection_policy(spec.injection, self.settings.libvirt)
         boot_files = {
             name: dataclasses.replace(self.resolve(r), kind=name)
             for name, r in (boot_files or {}).items()

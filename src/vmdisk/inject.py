@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vmdisk.errors import BackendError, InvalidRequest, ToolNotFound
+from vmdisk.settings import LibvirtSettings
 from vmdisk.tools.runner import Runner, Secret
 
 INSPECT = -1
@@ -39,14 +40,60 @@ class Injection:
 
 
 def guest_path(text: str) -> str:
-    """An absolute, normalised guest path without `..`."""
+    """An absolute, normalised guest path without `..`, empty components or NUL."""
     parts = text.split("/")
-    if not text.startswith("/") or ".." in parts or posixpath.normpath(text) != text:
+    if (
+        not text.startswith("/")
+        or ".." in parts
+        or "" in parts[1:]
+        or "\x00" in text
+        or posixpath.normpath(text) != text
+    ):
         raise InvalidRequest(
             f"guest path {text!r} must be absolute and normalised, without '..'",
             reason="bad-guest-path",
         )
     return text
+
+
+def require_injection(libvirt: LibvirtSettings, *, keys: bool, password: bool) -> None:
+    """The operator's inject_* switches, checked before anything is read or started."""
+    if libvirt.inject_partition == DISABLED:
+        raise InvalidRequest(
+            "file injection is off ([libvirt] inject_partition = -2)",
+            reason="injection-off",
+            hint="use --config-drive, or set [libvirt] inject_partition (-1 to inspect)",
+        )
+    if keys and not libvirt.inject_key:
+        raise InvalidRequest(
+            "key injection is off ([libvirt] inject_key = false)",
+            reason="injection-off",
+            hint="use --config-drive or inject_key",
+        )
+    if password and not libvirt.inject_password:
+        raise InvalidRequest(
+            "password injection is off ([libvirt] inject_password = false)",
+            reason="injection-off",
+            hint="use --config-drive or inject_password",
+        )
+
+
+def check_injection_policy(injection: Injection | None, libvirt: LibvirtSettings) -> None:
+    """Refuse an injection the operator did not allow, whoever built it (CLI or Python API).
+
+    Host.plan and Host.create_instance call this before any tool runs, so a caller passing an
+    InstanceSpec with an Injection cannot get past `[libvirt] inject_partition = -2`.
+    """
+    if injection is None or injection.empty:
+        return
+    require_injection(libvirt, keys=bool(injection.keys), password=bool(injection.password))
+    if injection.partition < INSPECT:
+        raise InvalidRequest(
+            f"injection partition {injection.partition} is not -1, 0 or a partition number",
+            reason="bad-option",
+        )
+    for path, _ in injection.files:
+        guest_path(path)
 
 
 def _guestfs() -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import uuid as uuidlib
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest import Guest
-from tests.images import MiB, ext4_image, run, sha256
+from tests.images import MiB, ext4_image, run, sha256, vmdisk_argv
 from vmdisk.errors import InvalidRequest, UnsafeImage
 from vmdisk.host import Host
 from vmdisk.imagecache.cleaner import CleanupPolicy
@@ -143,3 +144,43 @@ def test_an_image_id_is_one_kind_of_thing(host: Host, image: Path) -> None:
             spec("x"), ImageRequest(str(image)), {"kernel": ImageRequest(str(image))}
         )
     assert err.value.reason == "kind-mismatch"
+
+
+def test_cli_rescue_with_kernel_and_ramdisk(host: Host, guest: Guest, image: Path) -> None:
+    """`vmdisk rescue --kernel K --kernel-id ID --ramdisk R`, as the README documents."""
+    host.create_instance(spec("cli"), ImageRequest(str(image)))
+    instances = host.settings.instances_path
+    for bad, message in (
+        (["--ramdisk", str(guest.initrd)], "--ramdisk needs --kernel"),
+        (["--kernel-id", "k"], "--kernel-id/--ramdisk-id need --kernel/--ramdisk"),
+    ):
+        refused = run(*vmdisk_argv(instances, "rescue", "cli", *bad), check=False)
+        assert refused.returncode == 2, refused.stdout
+        error = json.loads(refused.stdout)["error"]
+        assert (error["type"], error["message"]) == ("InvalidRequest", message)
+    assert host.instance("cli").record.rescue is None
+    result = run(
+        *vmdisk_argv(
+            instances,
+            "rescue",
+            "cli",
+            "--kernel",
+            str(guest.kernel),
+            "--kernel-id",
+            "rescue-kernel",
+            "--ramdisk",
+            str(guest.initrd),
+        )
+    )
+    assert json.loads(result.stdout)["rescue"] is True
+    inst = host.instance("cli")
+    kernel, ramdisk = inst.path / "kernel.rescue", inst.path / "ramdisk.rescue"
+    assert sha256(kernel) == sha256(guest.kernel) and sha256(ramdisk) == sha256(guest.initrd)
+    formats = json.loads((inst.path / "disk.info").read_text())
+    assert formats[str(kernel)] == "raw" and formats[str(ramdisk)] == "raw"
+    assert inst.record.rescue is not None
+    assert cache_name("rescue-kernel") in inst.record.rescue["bases"]
+    xml = json.loads(run(*vmdisk_argv(instances, "xml", "cli", "--rescue")).stdout)["xml"]
+    assert f"<kernel>{kernel}</kernel>" in xml and f"<initrd>{ramdisk}</initrd>" in xml
+    assert xml == (inst.path / "libvirt.xml").read_text()
+    run("virt-xml-validate", inst.path / "libvirt.xml", "domain")

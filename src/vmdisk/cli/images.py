@@ -10,36 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from vmdisk.cli.context import app
-from vmdisk.errors import InvalidRequest
 from vmdisk.imagecache.inspect import ALLOWED_FORMATS
-from vmdisk.imagecache.records import Checksum
-from vmdisk.imagecache.store import ImageRequest
-from vmdisk.units import format_size, parse_size
+from vmdisk.request import image_request
+from vmdisk.units import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def size_option(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), reason="bad-size") from exc
-
-
-def image_request(
-    source: str, image_id: str | None, fmt: str | None, checksum: str | None, max_size: str | None
-) -> ImageRequest:
-    if image_id is not None and (not image_id or "\x00" in image_id or len(image_id) > 1024):
-        raise InvalidRequest("--id must be 1 to 1024 characters without NUL", reason="bad-id")
-    return ImageRequest(
-        source=source,
-        image_id=image_id,
-        declared_format=fmt,
-        checksum=Checksum.parse(checksum) if checksum else None,
-        max_size=size_option(max_size),
-    )
 
 
 def intake_options(id_flag: str) -> Callable[[F], F]:
