@@ -67,7 +67,7 @@ def boot_file_options(func: F) -> F:
 )
 @click.option("--uuid", "uuid_text")
 @click.option("--os-type", type=click.Choice([o.value for o in OsType]), default="linux")
-@click.option("--backend", type=click.Choice(sorted(BACKENDS)))
+@click.option("--backend", type=click.Choice(sorted(str(b) for b in BACKENDS)))
 @click.option("--config-drive", is_flag=True, help="Build disk.config (config-2).")
 @click.option("--seed", type=click.Choice(["config-2", "nocloud"]), help="Drive flavour.")
 @click.option("--user-data", type=click.Path(dir_okay=False))
