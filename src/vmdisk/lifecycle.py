@@ -108,7 +108,8 @@ def rescue(
             )
         with prov.cache.using(request) as base, removing_on_error(target):
             made = backend.rescue_disk(disk, target, base)
-            target.rename(disk.path)
+            if target.exists():  # file backends write the temporary; others place it themselves
+                target.rename(disk.path)
     disks = [DiskEntry(disk.name, DiskRole.RESCUE, made.driver_format, made.source, base=base.name)]
     bases = [base.name]
     for name, boot_request in (boot_files or {}).items():
@@ -144,6 +145,8 @@ def unrescue(prov: Provisioner, inst: Instance) -> Instance:
         raise InvalidRequest(f"{inst.record.name} is not in rescue mode", reason="not-in-rescue")
     record = dataclasses.replace(inst.record, rescue=None)
     prov.store.write_record(inst.path, record)
+    with prov.backend(inst.record.backend) as backend:
+        backend.remove(list(inst.record.rescue.disks))
     for name in RESCUE_FILES:
         (inst.path / name).unlink(missing_ok=True)
     return Instance(inst.path, record)

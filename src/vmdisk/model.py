@@ -29,6 +29,7 @@ class BackendName(StrEnum):
     QCOW2 = "qcow2"
     FLAT = "flat"
     RBD = "rbd"
+    LVM = "lvm"
 
 
 @dataclass(frozen=True, slots=True)

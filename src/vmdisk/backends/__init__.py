@@ -43,10 +43,17 @@ def _rbd(deps: BackendDeps) -> DiskBackend:
     return RbdBackend(deps)
 
 
+def _lvm(deps: BackendDeps) -> DiskBackend:
+    from vmdisk.backends.lvm import LvmBackend
+
+    return LvmBackend(deps)
+
+
 BACKENDS: dict[BackendName, BackendInfo] = {
     BackendName.QCOW2: BackendInfo(BackendName.QCOW2, "qcow2", True, True, _qcow2),
     BackendName.FLAT: BackendInfo(BackendName.FLAT, "raw", False, True, _flat),
     BackendName.RBD: BackendInfo(BackendName.RBD, "raw", True, False, _rbd),
+    BackendName.LVM: BackendInfo(BackendName.LVM, "raw", False, False, _lvm),
 }
 
 

@@ -50,6 +50,11 @@ PACKAGES: Mapping[str, str] = {
     "genisoimage": "genisoimage",
     "virsh": "libvirt-clients",
     "virt-xml-validate": "libvirt-clients",
+    **dict.fromkeys(
+        ("lvcreate", "lvs", "vgs", "lvextend", "lvremove", "lvrename", "lvchange"), "lvm2"
+    ),
+    "blkdiscard": "util-linux",
+    "shred": "coreutils",
 }
 
 

@@ -1,0 +1,260 @@
+"""LVM: every disk a logical volume `<uuid>_<disk>` in images_volume_group (Nova's names).
+
+Thick (Nova's way): the raw base from `_base` is written into an LV of the flavor's size, all
+of it, holes written as zeros so no block of an earlier tenant survives. `sparse_logical_
+volumes` makes snapshot-backed sparse LVs instead, as Nova does.
+
+Thin (`images_thin_pool`, beyond Nova): each base is imported once into the pool as the
+read-only thin LV `vmdisk_base_<sha1>`, and every root is a thin snapshot of it, extended to
+the flavor's size: a linked clone, instant like a qcow2 overlay but a block device. Thin
+volumes start out reading zeros, so the import skips holes.
+
+Removal runs `volume_clear` first (zero: BLKZEROOUT via blkdiscard -z; shred: shred -n3),
+over `volume_clear_size` MiB or all of it, except on thin volumes of a pool that zeroes new
+blocks, where nothing of the old data can be read back. The config drive, console.log,
+disk.info and libvirt.xml stay files in the instance directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from vmdisk.backends.base import BackendDeps, DiskBackend, DiskState
+from vmdisk.errors import DiskMissing, SettingsError
+from vmdisk.imagecache.store import CachedImage
+from vmdisk.model import (
+    BackendName,
+    BlockSource,
+    DiskPlan,
+    DiskRole,
+    FileSource,
+    ProvisionedDisk,
+)
+from vmdisk.record import DiskEntry
+from vmdisk.settings import LibvirtSettings
+from vmdisk.tools.lvm import LogicalVolume, Lvm
+from vmdisk.units import MiB
+
+BASE_PREFIX = "vmdisk_base_"
+#: Disks that are volumes; kernels, ramdisks and the config drive stay files.
+_ROLES = (DiskRole.ROOT, DiskRole.EPHEMERAL, DiskRole.SWAP, DiskRole.RESCUE)
+
+
+class VolumeClear(StrEnum):
+    ZERO = "zero"
+    SHRED = "shred"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class LvmConfig:
+    volume_group: str
+    thin_pool: str | None = None
+    sparse: bool = False
+    clear: VolumeClear = VolumeClear.ZERO
+    clear_size_mib: int = 0  # 0: the whole volume
+
+    @classmethod
+    def from_settings(cls, lib: LibvirtSettings) -> LvmConfig:
+        vg = getattr(lib, "images_volume_group", "") or ""
+        if not vg:
+            raise SettingsError(
+                "images_type = 'lvm' needs [libvirt] images_volume_group",
+                reason="bad-setting",
+            )
+        return cls(
+            volume_group=vg,
+            thin_pool=getattr(lib, "images_thin_pool", None) or None,
+            sparse=bool(getattr(lib, "sparse_logical_volumes", False)),
+            clear=VolumeClear(str(getattr(lib, "volume_clear", "zero"))),
+            clear_size_mib=int(getattr(lib, "volume_clear_size", 0)),
+        )
+
+
+def volume_name(owner: str, disk: str) -> str:
+    """Nova's LV name: `<uuid>_<disk>`, underscores in the disk's name doubled."""
+    return f"{owner}_{disk.replace('_', '__')}"
+
+
+class LvmBackend(DiskBackend):
+    name = BackendName.LVM
+
+    def __init__(self, deps: BackendDeps) -> None:
+        super().__init__(deps)
+        self.config = LvmConfig.from_settings(deps.libvirt)
+        self.lvm = Lvm(deps.runner)
+
+    @property
+    def vg(self) -> str:
+        return self.config.volume_group
+
+    def device(self, name: str) -> Path:
+        return Path("/dev") / self.vg / name
+
+    def locate(self, disk: DiskPlan) -> ProvisionedDisk:
+        if disk.role not in _ROLES:
+            return ProvisionedDisk(FileSource(disk.path), disk.format)
+        return ProvisionedDisk(BlockSource(self.device(volume_name(disk.owner, disk.name))), "raw")
+
+    def exists(self, disk: DiskPlan, target: Path) -> bool:
+        return self.lvm.volume(self.vg, volume_name(disk.owner, disk.name)) is not None
+
+    def _new_volume(self, name: str, size: int) -> None:
+        if self.config.thin_pool:
+            self.lvm.create_thin(self.vg, self.config.thin_pool, name, size)
+        else:
+            self.lvm.create(self.vg, name, size, sparse=self.config.sparse)
+
+    def create_from_base(self, disk: DiskPlan, target: Path, base: CachedImage) -> None:
+        name = volume_name(disk.owner, disk.name)
+        size = max(disk.size or 0, base.record.virtual_size)
+        if self.config.thin_pool:
+            parent = self._import_once(base)
+            self.lvm.snapshot(self.vg, parent, name)
+            if size > base.record.virtual_size:
+                self.lvm.extend(self.vg, name, size)
+            return
+        self._new_volume(name, size)
+        try:
+            self._write_base(base, self.device(name), target_is_zero=self.config.sparse)
+        except BaseException:
+            self._remove_quietly(name)
+            raise
+
+    def _write_base(self, base: CachedImage, device: Path, *, target_is_zero: bool) -> None:
+        """The base's bytes onto the volume; holes are written as zeros unless the volume is
+        known to read zeros already (thin, or snapshot-backed sparse)."""
+        argv = ["qemu-img", "convert", "-q", "-n", "-t", "none", "-f", base.record.format]
+        argv += ["-O", "raw"]
+        if target_is_zero:
+            argv.append("--target-is-zero")
+        self.runner.run([*argv, str(base.path), str(device)], timeout=3600)
+
+    def _import_once(self, base: CachedImage) -> str:
+        """`vmdisk_base_<name>` in the pool: imported under a temporary name, made read-only,
+        then renamed, so a crash never leaves a parent that looks complete."""
+        final = f"{BASE_PREFIX}{base.name}"
+        if self.lvm.volume(self.vg, final) is not None:
+            return final
+        with self.deps.locks.exclusive(f"lvm-{base.name}"):
+            volumes = self.lvm.volumes(self.vg)
+            if any(lv.name == final for lv in volumes):
+                return final
+            for stale in volumes:
+                if stale.name.startswith(f"{final}.tmp-"):
+                    self._remove_quietly(stale.name)
+            tmp = f"{final}.tmp-{secrets.token_hex(4)}"
+            self.lvm.create_thin(
+                self.vg, self.config.thin_pool or "", tmp, base.record.virtual_size
+            )
+            try:
+                self._write_base(base, self.device(tmp), target_is_zero=True)
+                self.lvm.set_read_only(self.vg, tmp)
+                self.lvm.rename(self.vg, tmp, final)
+            except BaseException:
+                self._remove_quietly(tmp)
+                raise
+        return final
+
+    def create_blank(self, disk: DiskPlan, target: Path) -> None:
+        name = volume_name(disk.owner, disk.name)
+        self._new_volume(name, disk.size or MiB)
+        try:
+            self.format_blank(disk, self.device(name))
+        except BaseException:
+            self._remove_quietly(name)
+            raise
+
+    def rescue_disk(self, disk: DiskPlan, target: Path, base: CachedImage) -> ProvisionedDisk:
+        self.create_from_base(disk, target, base)
+        return self.locate(disk)
+
+    def describe(self, entry: DiskEntry) -> DiskState:
+        if not isinstance(entry.source, BlockSource):
+            return super().describe(entry)
+        lv = self.lvm.volume(self.vg, entry.source.device.name)
+        if lv is None:
+            return DiskState(str(entry.source.device), None, None, None, error="no such volume")
+        details: tuple[tuple[str, str | None], ...] = (
+            ("volume_group", lv.vg),
+            ("pool", lv.pool),
+            ("origin", lv.origin),
+        )
+        return DiskState(str(lv.path), lv.size, lv.allocated, lv.origin, details=details)
+
+    def resize(self, entry: DiskEntry, size: int) -> None:
+        if not isinstance(entry.source, BlockSource):
+            super().resize(entry, size)
+            return
+        self.lvm.extend(self.vg, entry.source.device.name, size)
+
+    def check_present(self, entry: DiskEntry, base_dir: Path) -> None:
+        if not isinstance(entry.source, BlockSource):
+            super().check_present(entry, base_dir)
+            return
+        if self.lvm.volume(self.vg, entry.source.device.name) is None:
+            raise DiskMissing(f"volume {entry.source.device} is missing", reason="disk-missing")
+
+    def remove(self, entries: Sequence[DiskEntry]) -> None:
+        names = [e.source.device.name for e in entries if isinstance(e.source, BlockSource)]
+        self._clear_and_remove(names)
+
+    def discard(self, disks: Sequence[DiskPlan]) -> None:
+        self._clear_and_remove([volume_name(d.owner, d.name) for d in disks if d.role in _ROLES])
+
+    def _clear_and_remove(self, names: list[str]) -> None:
+        if not names:
+            return
+        volumes = {lv.name: lv for lv in self.lvm.volumes(self.vg)}
+        for name in names:
+            lv = volumes.get(name)
+            if lv is None:
+                continue
+            if self._needs_clear(lv, volumes):
+                self.clear(lv)
+            self.lvm.remove(self.vg, name)
+
+    def _needs_clear(self, lv: LogicalVolume, volumes: dict[str, LogicalVolume]) -> bool:
+        if self.config.clear is VolumeClear.NONE:
+            return False
+        # A pool that hands out zeroed blocks leaves nothing old to read back.
+        return not (lv.thin and lv.pool in volumes and volumes[lv.pool].zeroes)
+
+    def clear(self, lv: LogicalVolume) -> None:
+        """volume_clear over volume_clear_size MiB (0: all), before the volume is removed."""
+        size = lv.size
+        if self.config.clear_size_mib:
+            size = min(size, self.config.clear_size_mib * MiB)
+        if self.config.clear is VolumeClear.SHRED:
+            argv = ["shred", "-n", "3", "-s", str(size), str(lv.path)]
+        else:
+            argv = ["blkdiscard", "-z", "-o", "0", "-l", str(size), str(lv.path)]
+        self.runner.run(argv, timeout=3600)
+
+    def _remove_quietly(self, name: str) -> None:
+        # Cleanup after a failure: the first error is the one to report.
+        with contextlib.suppress(Exception):
+            self.lvm.remove(self.vg, name)
+
+    def base_volumes(self) -> list[LogicalVolume]:
+        """The imported bases in the pool, for the cache cleaner."""
+        return [lv for lv in self.lvm.volumes(self.vg) if lv.name.startswith(BASE_PREFIX)]
+
+    def remove_unused_bases(self, in_use: set[str]) -> list[str]:
+        """Remove base volumes no _base entry in use names and no snapshot depends on."""
+        volumes = self.lvm.volumes(self.vg)
+        origins = {lv.origin for lv in volumes if lv.origin}
+        removed = []
+        for lv in volumes:
+            if not lv.name.startswith(BASE_PREFIX) or ".tmp-" in lv.name:
+                continue
+            if lv.name in origins or lv.name[len(BASE_PREFIX) :] in in_use:
+                continue
+            self.lvm.remove(self.vg, lv.name)
+            removed.append(lv.name)
+        return removed
