@@ -69,7 +69,9 @@ class ImageCacheSettings:
 
 @dataclass(frozen=True, slots=True)
 class LibvirtSettings:
-    images_type: str = _kind("str", "default", choices=("default", "qcow2", "flat", "raw", "rbd"))
+    images_type: str = _kind(
+        "str", "default", choices=("default", "qcow2", "flat", "raw", "rbd", "lvm")
+    )
     images_cpu_time_limit: int = _kind("int", 30)
     images_address_space_limit: int = _kind("gib", 2 * GiB)
     virt_type: str = _kind("str", "auto", choices=("auto", "kvm", "qemu"))
@@ -80,6 +82,11 @@ class LibvirtSettings:
     rbd_user: str | None = _kind("str?", None)
     rbd_secret_uuid: str | None = _kind("str?", None)
     images_rbd_glance_store_name: str = _kind("str", "")
+    images_volume_group: str = _kind("str", "")
+    images_thin_pool: str = _kind("str", "")
+    sparse_logical_volumes: bool = _kind("bool", False)
+    volume_clear: str = _kind("str", "zero", choices=("zero", "shred", "none"))
+    volume_clear_size: int = _kind("int", 0)
     inject_partition: int = _kind("int", -2)
     inject_key: bool = _kind("bool", False)
     inject_password: bool = _kind("bool", False)
@@ -333,5 +340,9 @@ def _validate(settings: Settings, where: str) -> None:
     lib = settings.libvirt
     if lib.images_cpu_time_limit <= 0 or lib.images_address_space_limit <= 0:
         raise SettingsError(f"{where}: [libvirt] qemu-img limits must be positive")
+    if lib.images_type == "lvm" and not lib.images_volume_group:
+        raise SettingsError(f"{where}: images_type = 'lvm' needs [libvirt] images_volume_group")
+    if lib.volume_clear_size < 0:
+        raise SettingsError(f"{where}: [libvirt] volume_clear_size must be 0 (all) or more")
     if lib.images_type == "rbd" and not settings.force_raw_images:
         raise SettingsError(f"{where}: images_type = 'rbd' needs force_raw_images = true")

@@ -61,18 +61,16 @@ class LvmConfig:
 
     @classmethod
     def from_settings(cls, lib: LibvirtSettings) -> LvmConfig:
-        vg = getattr(lib, "images_volume_group", "") or ""
-        if not vg:
+        if not lib.images_volume_group:
             raise SettingsError(
-                "images_type = 'lvm' needs [libvirt] images_volume_group",
-                reason="bad-setting",
+                "images_type = 'lvm' needs [libvirt] images_volume_group", reason="bad-setting"
             )
         return cls(
-            volume_group=vg,
-            thin_pool=getattr(lib, "images_thin_pool", None) or None,
-            sparse=bool(getattr(lib, "sparse_logical_volumes", False)),
-            clear=VolumeClear(str(getattr(lib, "volume_clear", "zero"))),
-            clear_size_mib=int(getattr(lib, "volume_clear_size", 0)),
+            volume_group=lib.images_volume_group,
+            thin_pool=lib.images_thin_pool or None,
+            sparse=lib.sparse_logical_volumes,
+            clear=VolumeClear(lib.volume_clear),
+            clear_size_mib=lib.volume_clear_size,
         )
 
 
