@@ -39,12 +39,14 @@ def test_block_source_renders_as_a_block_disk() -> None:
     first = next(root.iter("disk"))
     assert first.get("type") == "block"
     assert first.find("source").get("dev") == str(LV)  # type: ignore[union-attr]
+    driver = first.find("driver")
+    assert driver is not None and (driver.get("cache"), driver.get("io")) == ("none", "native")
 
 
 def test_qemu_drives_for_block_and_network_sources() -> None:
     argv = qemu_argv(_domain())  # type: ignore[arg-type]
     drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
-    assert drives[0] == f"file={LV},format=raw,cache=none,if=virtio"
+    assert drives[0] == f"file={LV},format=raw,cache=none,if=virtio,aio=native"
     assert drives[1].startswith("file=rbd:vms/c0_disk:conf=/etc/ceph/ceph.conf:id=nova,format=raw")
 
 

@@ -200,10 +200,13 @@ def domain_for(
 ) -> Domain:
     """The Domain of an instance from its record (which pins every disk's format)."""
     cache = "none" if host.direct_io else "writeback"
-    io = "native" if rec.preallocate and cache == "none" else None
     disks_by_name = {d.name: d for d in rec.all_disks()}
     disks: list[DiskDevice] = []
     for index, entry in enumerate(_boot_order(disks_by_name, rescue)):
+        # Native AIO wants O_DIRECT and blocks that are really there: preallocated files
+        # and block devices.
+        native = rec.preallocate or isinstance(entry.source, BlockSource)
+        io = "native" if native and cache == "none" else None
         target = f"vd{DISK_LETTERS[index]}"
         disks.append(DiskDevice(entry.source, target, entry.format, cache=cache, io=io))
     drive = disks_by_name.get("disk.config.rescue" if rescue else "disk.config")
