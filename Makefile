@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: deps venv demo test lint unit integration bench bench-quick soak clean
+.PHONY: deps venv demo test lint unit coverage integration bench bench-quick soak clean
 
 deps:
 	./scripts/install-deps
@@ -31,6 +31,10 @@ test: deps venv lint
 
 unit: venv
 	$(BIN)/pytest tests/unit
+
+# The unit tier alone (no root, no system tools) with line coverage of src/vmdisk.
+coverage: venv
+	$(BIN)/pytest tests/unit -q -p no:randomly --cov --cov-report=term-missing
 
 integration: deps venv
 	$(BIN)/pytest tests/integration
