@@ -41,7 +41,7 @@ def test_iso_holds_every_file_under_its_rock_ridge_name(tmp_path: Path) -> None:
 def test_iso_carries_the_label_and_joliet_names(tmp_path: Path) -> None:
     target = tmp_path / "disk.config"
     build_iso(FILES, "cidata", target)
-    assert target.stat().st_mode & 0o777 == 0o644
+    assert target.stat().st_mode & 0o777 == 0o600  # it carries admin_pass
     iso = pycdlib.PyCdlib()
     iso.open(str(target))
     try:

@@ -59,7 +59,7 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
     [
         ('instance_path = "/x"\n', "did you mean 'instances_path'"),
         ('[libvirt]\nimages_typ = "qcow2"\n', "did you mean 'images_type'"),
-        ('[libvirt]\nimages_type = "lvm"\n', "is not one of"),
+        ('[libvirt]\nimages_type = "ploop"\n', "is not one of"),
         ("use_cow_images = 3\n", "expected true or false"),
         ('[image_cache]\nmax_size = "10X"\n', "not a size"),
         ("[flavors.big]\nvcpus = 2\nmemory_mb = 1\nroot_gb = 1\ndisk = 3\n", "unknown key"),
