@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import functools
@@ -186,7 +185,8 @@ def preallocate(path: Path, size: int) -> None:
 
 
 def _fallocate_keep_size(fd: int, size: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # The already-loaded C library: find_library("c") would run ldconfig on every call.
+    libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
     if libc.fallocate(fd, 1, 0, size) != 0:
         err = ctypes.get_errno()
