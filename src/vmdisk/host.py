@@ -280,7 +280,7 @@ class Host:
 
     def cache_listing(self) -> CacheListing:
         """`cache list`: each base with its record, allocation, last use and users."""
-        return inventory.list_cache(self.store.all(), self.settings.base_dir)
+        return inventory.list_cache(self.store, self.settings.base_dir)
 
     def verify_cache(self) -> list[Verdict]:
         self.prepare()

@@ -66,6 +66,24 @@ class InstanceStore:
                 found.append(inst)
         return sorted(found, key=lambda i: i.record.name)
 
+    def foreign(self) -> list[Path]:
+        """Instance directories without a vmdisk record: Nova's, on a shared compute node.
+
+        They are never listed or changed, but what their disks are made from is in use.
+        """
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        return sorted(
+            Path(e.path)
+            for e in entries
+            if not e.name.startswith(".")
+            and e.name not in self.reserved
+            and e.is_dir(follow_symlinks=False)
+            and not os.path.lexists(os.path.join(e.path, RECORD))
+        )
+
     def find(self, ref: str) -> Instance:
         if not ref or "/" in ref or "\x00" in ref or ref.startswith("."):
             raise InvalidRequest(f"invalid instance name or uuid {ref!r}", reason="bad-name")

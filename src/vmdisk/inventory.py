@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmdisk import diskinfo
 from vmdisk.fsutil import write_atomic
 from vmdisk.imagecache.cleaner import (
     CleanupPlan,
@@ -30,7 +31,7 @@ from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import read_record
 from vmdisk.instances import Instance, InstanceStore
 from vmdisk.model import FileSource
-from vmdisk.tools.headers import qcow2_backing_file
+from vmdisk.tools.headers import QCOW_MAGIC, qcow2_backing_file
 
 REGISTRY = "compute_nodes"
 
@@ -77,32 +78,66 @@ def bases_in_use(store: InstanceStore, base_dir: Path) -> set[str]:
     """Every entry referenced by a record, a disk's backing file, or a build in progress.
 
     Backing files are read from the qcow2 headers (no subprocess): they catch instances whose
-    record does not name the base, as Nova's backing-file scan does.
+    record does not name the base, as Nova's backing-file scan does, and Nova's own instance
+    directories on a compute node vmdisk shares.
     """
     used: set[str] = set()
     for inst in store.all():
         used |= inst.record.bases()
-        for disk in inst.record.all_disks():
-            if disk.format != "qcow2" or not isinstance(disk.source, FileSource):
-                continue
-            with contextlib.suppress(Exception):
-                backing = qcow2_backing_file(disk.source.path)
-                if backing and Path(backing).parent == base_dir:
-                    used.add(Path(backing).name)
+        used |= _backing_bases(_qcow2_disks(inst), base_dir)
+    for directory in store.foreign():
+        used |= _backing_bases(foreign_disks(directory), base_dir)
     used |= store.building_bases()
     return used
 
 
-def users_by_base(instances: Iterable[Instance]) -> dict[str, list[str]]:
+def _qcow2_disks(inst: Instance) -> list[Path]:
+    return [
+        d.source.path
+        for d in inst.record.all_disks()
+        if d.format == "qcow2" and isinstance(d.source, FileSource)
+    ]
+
+
+def foreign_disks(directory: Path) -> list[Path]:
+    """The qcow2 disks of an instance directory vmdisk did not make: those its disk.info
+    pins as qcow2 (Nova's format pin), else every `disk*` file with a qcow2 header."""
+    formats = diskinfo.read(directory) if (directory / diskinfo.FILENAME).is_file() else {}
+    if formats:
+        return [directory / Path(p).name for p, fmt in formats.items() if fmt == "qcow2"]
+    return [p for p in sorted(directory.glob("disk*")) if _is_qcow2(p)]
+
+
+def _is_qcow2(path: Path) -> bool:
+    with contextlib.suppress(OSError), open(path, "rb") as fh:
+        return fh.read(4) == QCOW_MAGIC
+    return False
+
+
+def _backing_bases(disks: Iterable[Path], base_dir: Path) -> set[str]:
+    found = set()
+    for disk in disks:
+        with contextlib.suppress(Exception):
+            backing = qcow2_backing_file(disk)
+            if backing and Path(backing).parent == base_dir:
+                found.add(Path(backing).name)
+    return found
+
+
+def users_by_base(store: InstanceStore, base_dir: Path) -> dict[str, list[str]]:
+    """Who uses each base: instances by name, foreign (Nova) directories by their uuid."""
     users: dict[str, list[str]] = {}
-    for inst in instances:
-        for name in inst.record.bases():
+    for inst in store.all():
+        for name in inst.record.bases() | _backing_bases(_qcow2_disks(inst), base_dir):
             users.setdefault(name, []).append(inst.record.name)
+    for directory in store.foreign():
+        for name in _backing_bases(foreign_disks(directory), base_dir):
+            users.setdefault(name, []).append(directory.name)
     return users
 
 
-def list_cache(instances: Iterable[Instance], base_dir: Path) -> CacheListing:
-    users = users_by_base(instances)
+def list_cache(store: InstanceStore, base_dir: Path) -> CacheListing:
+    users = users_by_base(store, base_dir)
     shown = []
     entries = scan(base_dir)
     for e in entries:

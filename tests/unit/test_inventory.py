@@ -52,7 +52,7 @@ def test_a_backing_file_alone_protects_a_base(world: World) -> None:
 
 
 def test_cache_listing_names_users(world: World) -> None:
-    listing = inventory.list_cache(world.prov.store.all(), world.settings.base_dir)
+    listing = inventory.list_cache(world.prov.store, world.settings.base_dir)
     users = {e.image_id: e.users for e in listing.entries}
     assert users == {IMAGE_ID: ["vm1"], UNUSED: []}
     assert listing.to_dict()["total_allocated"] == listing.total_allocated > 0

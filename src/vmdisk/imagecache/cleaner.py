@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from vmdisk.errors import LockTimeout
+from vmdisk.errors import VmdiskError
 from vmdisk.fsutil import touch
 from vmdisk.imagecache.entries import Entry, EntryKind
 from vmdisk.imagecache.locks import Locks
@@ -220,14 +220,16 @@ def apply_cleanup(
                 result.touched.append(d.name)
             elif d.action is Action.REMOVE:
                 _remove(d, base_dir, locks, started, policy, lock_timeout, result)
-        except (OSError, LockTimeout) as exc:
+        except (OSError, ValueError, VmdiskError) as exc:
+            # Never die on one file: a name we do not understand is reported, not fatal.
             result.errors[d.name] = str(exc)
     return result
 
 
 def _lock_name(d: Decision) -> str:
     if d.kind is EntryKind.TEMPORARY:
-        return d.name.split(".", 1)[0]  # the entry whose fetch wrote it
+        owner = d.name.split(".", 1)[0]  # the entry whose fetch wrote it
+        return owner or f"probe{d.name}"  # probes (.directio.test.*) belong to no entry
     if d.kind is EntryKind.RECORD:
         return d.name[: -len(RECORD_SUFFIX)]
     return d.name

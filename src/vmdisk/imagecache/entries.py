@@ -18,7 +18,7 @@ class EntryKind(StrEnum):
     SWAP = "swap"  # swap_<MB>
     EPHEMERAL = "ephemeral"  # ephemeral_<GB>_<hash7>
     RECORD = "record"  # <sha1>.info
-    TEMPORARY = "temporary"  # *.part-<rand>, probes
+    TEMPORARY = "temporary"  # *.part-<rand>, probes, Nova's <sha1>.part / .converted
     UNKNOWN = "unknown"
 
 
@@ -26,10 +26,14 @@ _SHA1 = re.compile(r"[0-9a-f]{40}")
 _RESIZED = re.compile(r"[0-9a-f]{40}_(?:[0-9]+|sm)")
 _SWAP = re.compile(r"swap_[0-9]+")
 _EPHEMERAL = re.compile(r"ephemeral_[0-9]+_[0-9A-Za-z]{7}")
+#: Nova's fetch_to_raw leftovers after a crash: `<sha1>.part`, `<sha1>.converted`.
+_NOVA_TEMPORARY = re.compile(r"[0-9a-f]{40}(?:_[0-9]+)?\.(?:part|converted)")
 
 
 def classify(name: str) -> EntryKind:
     if is_temp_name(name) or name.startswith((".directio.test.", ".fallocate_test.", ".drive-")):
+        return EntryKind.TEMPORARY
+    if _NOVA_TEMPORARY.fullmatch(name):
         return EntryKind.TEMPORARY
     if _SHA1.fullmatch(name):
         return EntryKind.ORIGINAL
