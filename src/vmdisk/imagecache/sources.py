@@ -5,7 +5,6 @@ A source only yields bytes; deciding whether they are a safe image is inspect.py
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import socket
@@ -21,6 +20,7 @@ import urllib3
 
 from vmdisk._version import __version__
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
+from vmdisk.fsutil import data_extents
 
 CHUNK = 1024 * 1024
 Resolver = Callable[[str], list[str]]
@@ -88,13 +88,11 @@ def _read_extents(fd: int, offset: int, size: int) -> Iterator[bytes]:
     """
     try:
         pos = offset
-        while pos < size:
-            data = _seek(fd, pos, os.SEEK_DATA, size)
+        for data, hole in [*data_extents(fd, offset, size), (size, size)]:
             while pos < data:
                 n = min(CHUNK, data - pos)
                 yield _ZEROS if n == CHUNK else bytes(n)
                 pos += n
-            hole = _seek(fd, pos, os.SEEK_HOLE, size)
             while pos < hole:
                 chunk = os.pread(fd, min(CHUNK, hole - pos), pos)
                 if not chunk:
@@ -103,17 +101,6 @@ def _read_extents(fd: int, offset: int, size: int) -> Iterator[bytes]:
                 pos += len(chunk)
     finally:
         os.close(fd)
-
-
-def _seek(fd: int, pos: int, whence: int, size: int) -> int:
-    try:
-        return os.lseek(fd, pos, whence)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # no more data after pos
-            return size
-        if exc.errno == errno.EINVAL:  # the file system cannot tell: treat it all as data
-            return pos if whence == os.SEEK_DATA else size
-        raise
 
 
 def _system_resolver(host: str) -> list[str]:
