@@ -14,7 +14,6 @@ import platformdirs
 from vmdisk import diskinfo, lifecycle
 from vmdisk.backends.rbd import RbdConfig, remove_instance_images
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
-from vmdisk.errors import ImageNotFound, UnsafeImage
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir, write_atomic
 from vmdisk.imagecache.cleaner import (
     CleanupPlan,
@@ -27,12 +26,11 @@ from vmdisk.imagecache.cleaner import (
     register_host,
 )
 from vmdisk.imagecache.entries import scan
-from vmdisk.imagecache.glance import FORMATS as GLANCE_FORMATS
-from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
-from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
+from vmdisk.imagecache.glance import Glance
 from vmdisk.imagecache.locks import Locks
-from vmdisk.imagecache.sources import ImageSource, open_source
-from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
+from vmdisk.imagecache.registry import SourceRegistry
+from vmdisk.imagecache.sources import ImageSource
+from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.imagecache.usage import bases_in_use
 from vmdisk.imagecache.verify import Verdict, verify_cache
@@ -71,9 +69,9 @@ class Host:
             self.qemu,
             force_raw=settings.force_raw_images,
             max_virtual_size=settings.image_cache.max_virtual_size,
-            sources=self.open_source,
             progress=self.progress,
         )
+        self.sources = SourceRegistry.from_settings(settings)
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", "compute_nodes"})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
@@ -117,43 +115,14 @@ class Host:
 
     def open_source(self, text: str) -> ImageSource:
         """Sources by scheme: glance:// through the configured Glance, the rest as given."""
-        if text.startswith(GLANCE_SCHEME):
-            return GlanceSource(self.glance(), image_id_of(text))
-        c = self.settings.image_cache
-        return open_source(
-            text, connect_timeout=c.download_connect_timeout, stall_timeout=c.download_stall_timeout
-        )
+        return self.sources.open(text)
 
     def glance(self) -> Glance:
-        g = self.settings.glance
-        return Glance(g.api_url, g.token, g.project)
+        return self.sources.glance()
 
-    def resolve(self, request: ImageRequest) -> ImageRequest:
-        """Fill what Glance knows: the id, the declared format, the hash, an rbd:// location."""
-        if not request.source.startswith(GLANCE_SCHEME):
-            return request
-        image = self.glance().image(image_id_of(request.source))
-        if image.status != "active":
-            raise ImageNotFound(
-                f"Glance image {image.id} is {image.status}, not active", reason="not-active"
-            )
-        declared = GLANCE_FORMATS.get(image.disk_format)
-        if declared is None:
-            raise UnsafeImage(
-                f"Glance disk_format {image.disk_format!r} is not allowed", reason="format-mismatch"
-            )
-        if request.declared_format and request.declared_format != declared:
-            raise UnsafeImage(
-                f"declared {request.declared_format} but Glance says {declared}",
-                reason="format-mismatch",
-            )
-        return dataclasses.replace(
-            request,
-            image_id=request.image_id or image.id,
-            declared_format=declared,
-            checksum=request.checksum or image.checksum,
-            location=image.direct_url if declared == "raw" else None,
-        )
+    def resolve(self, request: ImageRequest) -> ResolvedImage:
+        """Resolve an image once for this command: its source opened, its facts merged."""
+        return self.sources.resolve(request)
 
     def prepare(self) -> None:
         """Create instances_path, _base and locks; refuse any of them being a symlink."""
@@ -165,18 +134,27 @@ class Host:
         self._prepared = True
 
     def fetch_image(self, request: ImageRequest) -> CachedImage:
+        image = self.resolve(request)
         self.prepare()
-        return self.cache.ensure(self.resolve(request))
+        return self.cache.ensure(image)
+
+    def resolve_boot_files(
+        self, boot_files: Mapping[str, ImageRequest] | None
+    ) -> dict[str, ResolvedImage]:
+        """Kernel/ramdisk requests resolved, each with its kind set from its role."""
+        return {
+            name: self.resolve(dataclasses.replace(r, kind=name))
+            for name, r in (boot_files or {}).items()
+        }
 
     def plan(
         self,
         spec: InstanceSpec,
-        request: ImageRequest,
-        boot_files: Mapping[str, ImageRequest] | None = None,
+        image: ResolvedImage,
+        boot_files: Mapping[str, ResolvedImage] | None = None,
     ) -> InstancePlan:
-        image_id, _ = self.cache.identify(request)
-        boot_ids = {name: self.cache.identify(r)[0] for name, r in (boot_files or {}).items()}
-        return plan_disks(spec, self.settings, image_id, boot_ids)
+        boot_ids = {name: r.image_id for name, r in (boot_files or {}).items()}
+        return plan_disks(spec, self.settings, image.image_id, boot_ids)
 
     def create_instance(
         self,
@@ -185,14 +163,11 @@ class Host:
         boot_files: Mapping[str, ImageRequest] | None = None,
     ) -> Instance:
         """Create an instance; `boot_files` maps "kernel"/"ramdisk" to their image requests."""
-        boot_files = {
-            name: dataclasses.replace(self.resolve(r), kind=name)
-            for name, r in (boot_files or {}).items()
-        }
-        request = self.resolve(request)
-        plan = self.plan(spec, request, boot_files)
+        boot = self.resolve_boot_files(boot_files)
+        image = self.resolve(request)
+        plan = self.plan(spec, image, boot)
         self.prepare()
-        return self.provisioner.create(plan, request, boot_files)
+        return self.provisioner.create(plan, image, boot)
 
     def describe(self, inst: Instance) -> dict[str, Any]:
         return lifecycle.describe(inst, self.rbd)
@@ -224,10 +199,10 @@ class Host:
         request = request or ImageRequest(
             source=inst.record.image_source or inst.record.image_id, image_id=inst.record.image_id
         )
-        boot_files = {
-            name: dataclasses.replace(r, kind=name) for name, r in (boot_files or {}).items()
-        }
-        inst = lifecycle.rescue(self.provisioner, inst, request, boot_files)
+        # Resolved like a create: a glance:// rescue image keeps Glance's checksum and format.
+        image = self.resolve(request)
+        boot = self.resolve_boot_files(boot_files)
+        inst = lifecycle.rescue(self.provisioner, inst, image, boot)
         write_domain_xml(inst, self.host_facts())
         return inst
 

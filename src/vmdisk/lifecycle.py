@@ -15,7 +15,7 @@ from vmdisk import diskinfo
 from vmdisk.backends.rbd import RbdBackend, RbdConfig, describe_images
 from vmdisk.errors import InvalidRequest
 from vmdisk.fsutil import copy_sparse, removing_on_error, temp_name
-from vmdisk.imagecache.store import ImageRequest
+from vmdisk.imagecache.store import ResolvedImage
 from vmdisk.instances import Instance
 from vmdisk.model import BackendName
 from vmdisk.plan import plan_rescue
@@ -139,8 +139,8 @@ def _resize_rbd(backend: RbdBackend, spec: str, disk_name: str, new_gb: int) -> 
 def rescue(
     prov: Provisioner,
     inst: Instance,
-    request: ImageRequest,
-    boot_files: Mapping[str, ImageRequest] | None = None,
+    request: ResolvedImage,
+    boot_files: Mapping[str, ResolvedImage] | None = None,
 ) -> Instance:
     """disk.rescue from the rescue image; the instance's own disk is never touched.
 

@@ -31,7 +31,7 @@ from vmdisk.fsutil import (
     write_atomic,
 )
 from vmdisk.imagecache import inspect
-from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
+from vmdisk.imagecache.store import CachedImage, ImageCache, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.inject import inject
 from vmdisk.instances import RECORD, Instance, InstanceRecord, InstanceStore
@@ -64,8 +64,8 @@ class Provisioner:
     def create(
         self,
         plan: InstancePlan,
-        request: ImageRequest,
-        boot_files: Mapping[str, ImageRequest] | None = None,
+        request: ResolvedImage,
+        boot_files: Mapping[str, ResolvedImage] | None = None,
     ) -> Instance:
         """Make the instance; `boot_files` are the kernel/ramdisk requests the plan names."""
         try:
@@ -77,7 +77,7 @@ class Provisioner:
             raise mapped from exc
 
     def _create(
-        self, plan: InstancePlan, request: ImageRequest, boot_files: Mapping[str, ImageRequest]
+        self, plan: InstancePlan, request: ResolvedImage, boot_files: Mapping[str, ResolvedImage]
     ) -> Instance:
         backend = self.backend(plan.backend, request.location)
         try:
@@ -90,8 +90,8 @@ class Provisioner:
         self,
         backend: DiskBackend,
         plan: InstancePlan,
-        request: ImageRequest,
-        boot_files: Mapping[str, ImageRequest],
+        request: ResolvedImage,
+        boot_files: Mapping[str, ResolvedImage],
     ) -> Instance:
         bases = [d.base for d in plan.disks if d.base]
         reserve = self.store.reserve(plan.name, plan.uuid, bases)
@@ -135,7 +135,7 @@ class Provisioner:
         backend: DiskBackend,
         build: Path,
         base: CachedImage | None,
-        boot_files: Mapping[str, ImageRequest],
+        boot_files: Mapping[str, ResolvedImage],
     ) -> None:
         """Make every planned disk; independent of each other, so they are made concurrently
         (each is mostly a qemu-img or mkfs process, or the config drive's own CPU work)."""
@@ -160,7 +160,7 @@ class Provisioner:
             for future in [pool.submit(make, disk) for disk in plan.disks]:
                 future.result()
 
-    def copy_boot_file(self, request: ImageRequest, target: Path) -> None:
+    def copy_boot_file(self, request: ResolvedImage, target: Path) -> None:
         """Kernels and ramdisks are cached raw in _base and copied (reflink/sparse) per instance."""
         with self.cache.using(request) as cached:
             copy_sparse(cached.path, target)
@@ -174,7 +174,7 @@ class Provisioner:
 
 
 def instance_record(
-    plan: InstancePlan, base: CachedImage | None, request: ImageRequest
+    plan: InstancePlan, base: CachedImage | None, request: ResolvedImage
 ) -> InstanceRecord:
     return InstanceRecord(
         name=plan.name,
@@ -183,7 +183,7 @@ def instance_record(
         flavor=flavor_dict(plan.flavor),
         image_id=plan.image_id,
         image_base=base.name if base is not None else plan.image_base,
-        image_source=request.source,
+        image_source=request.request.source,
         host=os.uname().nodename,
         os_type=str(plan.os_type),
         disks=[_disk_entry(d) for d in plan.disks],

@@ -308,7 +308,8 @@ def create(
     if cmdline is not None and not boot_files:
         raise click.UsageError("--cmdline needs --kernel")
     if dry_run:
-        plan = a.host.plan(spec, request, boot_files)
+        image, boot = a.host.resolve(request), a.host.resolve_boot_files(boot_files)
+        plan = a.host.plan(spec, image, boot)
         a.output.emit({"dry_run": True, **plan.to_dict()}, lambda out: _print_plan(out, plan))
         return
     inst = a.host.create_instance(spec, request, boot_files)

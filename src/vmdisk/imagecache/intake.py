@@ -30,7 +30,7 @@ from vmdisk.fsutil import (
 from vmdisk.imagecache import inspect
 from vmdisk.imagecache.inspect import confirm_with_qemu
 from vmdisk.imagecache.records import BaseRecord, Checksum, write_record
-from vmdisk.imagecache.request import ImageRequest
+from vmdisk.imagecache.request import ResolvedImage
 from vmdisk.imagecache.sources import ImageSource, TransientFetchError
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.tools.qemu_img import ImageInfo, QemuImg
@@ -178,13 +178,12 @@ class Intake:
         self.convert_limits = convert_limits or qemu.limits
         self.progress = progress or NoProgress()
 
-    def fetch(
-        self, source: ImageSource, request: ImageRequest, image_id: str, base: Path
-    ) -> BaseRecord:
+    def fetch(self, request: ResolvedImage, base: Path) -> BaseRecord:
         """Download, verify and convert into `base`; the caller holds the entry's lock.
 
         Every temporary is removed if anything fails; the record is written before the rename.
         """
+        source, image_id = request.source, request.image_id
         part, converted = temp_name(base), temp_name(base)
         with removing_on_error(part, converted):
             try:
@@ -220,7 +219,7 @@ class Intake:
         return record
 
     def _prepare_image(
-        self, sink: _Sink, part: Path, converted: Path, request: ImageRequest
+        self, sink: _Sink, part: Path, converted: Path, request: ResolvedImage
     ) -> _Prepared:
         found = self._verify(sink, part, request)
         final, fmt, info = self._convert(part, converted, found)
@@ -287,7 +286,7 @@ class Intake:
                 reason="truncated",
             )
 
-    def _verify_checksum(self, sink: _Sink, request: ImageRequest) -> None:
+    def _verify_checksum(self, sink: _Sink, request: ResolvedImage) -> None:
         if request.checksum is not None:
             actual = sink.digest(request.checksum.algorithm)
             if actual != request.checksum.hexdigest:
@@ -297,7 +296,7 @@ class Intake:
                     reason="checksum-mismatch",
                 )
 
-    def _verify(self, sink: _Sink, part: Path, request: ImageRequest) -> inspect.Detection:
+    def _verify(self, sink: _Sink, part: Path, request: ResolvedImage) -> inspect.Detection:
         limit = min(filter(None, (request.max_size, self.max_virtual_size)), default=None)
         found = sink.inspector.finish(request.declared_format, limit)
         info = self.qemu.info(part, found.qemu_format)

@@ -9,7 +9,7 @@ overlays on the base, touching it first and last; the cleaner takes it exclusive
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +19,8 @@ from vmdisk.imagecache import inspect
 from vmdisk.imagecache.inspect import confirm_with_qemu
 from vmdisk.imagecache.intake import MAX_RESUMES, Intake, hash_sparse_file
 from vmdisk.imagecache.locks import Locks
-from vmdisk.imagecache.records import BaseRecord, cache_name, read_record
-from vmdisk.imagecache.request import ImageRequest
-from vmdisk.imagecache.sources import ImageSource, open_source
+from vmdisk.imagecache.records import BaseRecord, read_record
+from vmdisk.imagecache.request import ImageRequest, ResolvedImage
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Limits
@@ -32,6 +31,7 @@ __all__ = [
     "CachedImage",
     "ImageCache",
     "ImageRequest",
+    "ResolvedImage",
     "confirm_with_qemu",
     "hash_sparse_file",
 ]
@@ -69,7 +69,6 @@ class ImageCache:
         force_raw: bool = True,
         max_virtual_size: int | None = None,
         convert_limits: Limits | None = None,
-        sources: Callable[[str], ImageSource] = open_source,
         progress: Progress | None = None,
     ) -> None:
         self.base_dir = base_dir
@@ -78,7 +77,6 @@ class ImageCache:
         self.force_raw = force_raw
         self.max_virtual_size = max_virtual_size
         self.convert_limits = convert_limits or qemu.limits
-        self.sources = sources
         self.progress = progress or NoProgress()
         self.intake = Intake(
             base_dir,
@@ -89,10 +87,9 @@ class ImageCache:
             progress=self.progress,
         )
 
-    def identify(self, request: ImageRequest) -> tuple[str, str]:
-        """(image id, cache file name) for a request, without touching anything."""
-        image_id = request.image_id or self.sources(request.source).normalised()
-        return image_id, cache_name(image_id)
+    def identify(self, image: ResolvedImage) -> tuple[str, str]:
+        """(image id, cache file name) of a resolved image, without touching anything."""
+        return image.image_id, image.name
 
     def lookup(self, name: str) -> CachedImage | None:
         """A complete entry: the base is a regular file and its record agrees with it."""
@@ -105,7 +102,7 @@ class ImageCache:
             return None
         return CachedImage(record.image_id, name, base, record, cached=True)
 
-    def ensure(self, request: ImageRequest) -> CachedImage:
+    def ensure(self, request: ResolvedImage) -> CachedImage:
         """Fetch the image into the cache unless it is there; one fetch per host at a time."""
         ensure_real_dir(self.base_dir)
         image_id, name = self.identify(request)
@@ -118,11 +115,11 @@ class ImageCache:
                 return _same_kind(found, request)
             self._remove_leftovers(name)
             base = self.base_dir / name
-            record = self.intake.fetch(self.sources(request.source), request, image_id, base)
+            record = self.intake.fetch(request, base)
             return CachedImage(image_id, name, base, record, cached=False)
 
     @contextlib.contextmanager
-    def using(self, request: ImageRequest, *, recheck: bool = True) -> Iterator[CachedImage]:
+    def using(self, request: ResolvedImage, *, recheck: bool = True) -> Iterator[CachedImage]:
         """Hold the base for overlay creation: shared lock, re-checked, touched on both ends.
 
         recheck=False hands the header re-check (inspect.recheck_raw_base) to the caller, who
@@ -151,7 +148,7 @@ class ImageCache:
             path.unlink(missing_ok=True)
 
 
-def _same_kind(found: CachedImage, request: ImageRequest) -> CachedImage:
+def _same_kind(found: CachedImage, request: ResolvedImage) -> CachedImage:
     """One image id is one thing: a disk image is never handed out as a kernel, or back."""
     if found.record.kind != request.kind:
         raise InvalidRequest(
