@@ -26,10 +26,8 @@ from vmdisk.imagecache.cleaner import (
     register_host,
 )
 from vmdisk.imagecache.entries import scan
-from vmdisk.imagecache.glance import Glance
 from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.registry import SourceRegistry
-from vmdisk.imagecache.sources import ImageSource
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.imagecache.usage import bases_in_use
@@ -112,13 +110,6 @@ class Host:
                 ceph=ceph,
             )
         return self._facts
-
-    def open_source(self, text: str) -> ImageSource:
-        """Sources by scheme: glance:// through the configured Glance, the rest as given."""
-        return self.sources.open(text)
-
-    def glance(self) -> Glance:
-        return self.sources.glance()
 
     def resolve(self, request: ImageRequest) -> ResolvedImage:
         """Resolve an image once for this command: its source opened, its facts merged."""
