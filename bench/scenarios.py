@@ -199,7 +199,7 @@ def p4_parallel_warm(work: Path, inputs: Inputs, repeat: int, metric: MetricFn) 
             t.join()
         walls.append(time.perf_counter() - start)
     assert len(h.instances()) == 1 + repeat + 8 * repeat
-    base = h.cache.lookup(h.cache.identify(request)[1])
+    base = h.cache.lookup(h.cache.identify(h.resolve(request))[1])
     assert base is not None
     bare = []
     for r in range(repeat):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from vmdisk.imagecache.sources import Opened
+from vmdisk.imagecache.sources import Opened, SourceFacts
 from vmdisk.tools.runner import CommandResult, Limits
 
 Answer = Callable[[list[str]], CommandResult]
@@ -60,6 +60,7 @@ class FakeSource:
     data: bytes
     name: str = "fake://image"
     opens: list[int] = field(default_factory=list)
+    facts: SourceFacts = field(default_factory=SourceFacts)
 
     @property
     def display(self) -> str:
@@ -67,6 +68,9 @@ class FakeSource:
 
     def normalised(self) -> str:
         return self.name
+
+    def resolve(self) -> SourceFacts:
+        return self.facts
 
     def open(self, offset: int = 0) -> Opened:
         self.opens.append(offset)

@@ -215,19 +215,38 @@ def copy_sparse(src: Path, dst: Path) -> str:
 
 
 def _copy_extents(fin: int, fout: int, size: int) -> None:
-    offset = 0
-    while offset < size:
-        try:
-            data = os.lseek(fin, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole remains
-                return
-            raise
-        hole = os.lseek(fin, data, os.SEEK_HOLE)
-        pos = data
-        while pos < hole:
-            n = os.copy_file_range(fin, fout, hole - pos, pos, pos)
+    for start, end in data_extents(fin, 0, size):
+        pos = start
+        while pos < end:
+            n = os.copy_file_range(fin, fout, end - pos, pos, pos)
             if n == 0:
                 break
             pos += n
-        offset = hole
+
+
+def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) data extents of `fd` between `start` and `end`: holes are skipped.
+
+    The one SEEK_DATA/SEEK_HOLE walker: hashing, copying, streaming and RBD import read only
+    the data, because reading a hole costs the kernel a zero-fill and a copy. A file system
+    that cannot tell (EINVAL) has one extent, all data.
+    """
+    pos = start
+    while pos < end:
+        data = _seek(fd, pos, os.SEEK_DATA, end)
+        if data >= end:
+            return
+        hole = min(_seek(fd, data, os.SEEK_HOLE, end), end)
+        yield data, hole
+        pos = hole
+
+
+def _seek(fd: int, pos: int, whence: int, end: int) -> int:
+    try:
+        return os.lseek(fd, pos, whence)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no more data after pos
+            return end
+        if exc.errno == errno.EINVAL:  # the file system cannot tell: treat it all as data
+            return pos if whence == os.SEEK_DATA else end
+        raise

@@ -13,15 +13,11 @@ import platformdirs
 from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
-from vmdisk.errors import ImageNotFound, UnsafeImage
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
 from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
-from vmdisk.imagecache.glance import FORMATS as GLANCE_FORMATS
-from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
-from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
 from vmdisk.imagecache.locks import Locks
-from vmdisk.imagecache.sources import ImageSource, open_source
-from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
+from vmdisk.imagecache.registry import SourceRegistry
+from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.imagecache.verify import Verdict, verify_cache
 from vmdisk.inject import check_injection_policy
@@ -60,9 +56,9 @@ class Host:
             self.qemu,
             force_raw=settings.force_raw_images,
             max_virtual_size=settings.image_cache.max_virtual_size,
-            sources=self.open_source,
             progress=self.progress,
         )
+        self.sources = SourceRegistry.from_settings(settings)
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
@@ -91,45 +87,9 @@ class Host:
             )
         return self._facts
 
-    def open_source(self, text: str) -> ImageSource:
-        """Sources by scheme: glance:// through the configured Glance, the rest as given."""
-        if text.startswith(GLANCE_SCHEME):
-            return GlanceSource(self.glance(), image_id_of(text))
-        c = self.settings.image_cache
-        return open_source(
-            text, connect_timeout=c.download_connect_timeout, stall_timeout=c.download_stall_timeout
-        )
-
-    def glance(self) -> Glance:
-        g = self.settings.glance
-        return Glance(g.api_url, g.token, g.project)
-
-    def resolve(self, request: ImageRequest) -> ImageRequest:
-        """Fill what Glance knows: the id, the declared format, the hash, an rbd:// location."""
-        if not request.source.startswith(GLANCE_SCHEME):
-            return request
-        image = self.glance().image(image_id_of(request.source))
-        if image.status != "active":
-            raise ImageNotFound(
-                f"Glance image {image.id} is {image.status}, not active", reason="not-active"
-            )
-        declared = GLANCE_FORMATS.get(image.disk_format)
-        if declared is None:
-            raise UnsafeImage(
-                f"Glance disk_format {image.disk_format!r} is not allowed", reason="format-mismatch"
-            )
-        if request.declared_format and request.declared_format != declared:
-            raise UnsafeImage(
-                f"declared {request.declared_format} but Glance says {declared}",
-                reason="format-mismatch",
-            )
-        return dataclasses.replace(
-            request,
-            image_id=request.image_id or image.id,
-            declared_format=declared,
-            checksum=request.checksum or image.checksum,
-            location=image.direct_url if declared == "raw" else None,
-        )
+    def resolve(self, request: ImageRequest) -> ResolvedImage:
+        """Resolve an image once for this command: its source opened, its facts merged."""
+        return self.sources.resolve(request)
 
     def prepare(self) -> None:
         """Create instances_path, _base and locks; refuse any of them being a symlink."""
@@ -141,19 +101,28 @@ class Host:
         self._prepared = True
 
     def fetch_image(self, request: ImageRequest) -> CachedImage:
+        image = self.resolve(request)
         self.prepare()
-        return self.cache.ensure(self.resolve(request))
+        return self.cache.ensure(image)
+
+    def resolve_boot_files(
+        self, boot_files: Mapping[str, ImageRequest] | None
+    ) -> dict[str, ResolvedImage]:
+        """Kernel/ramdisk requests resolved, each with its kind set from its role."""
+        return {
+            name: self.resolve(dataclasses.replace(r, kind=name))
+            for name, r in (boot_files or {}).items()
+        }
 
     def plan(
         self,
         spec: InstanceSpec,
-        request: ImageRequest,
-        boot_files: Mapping[str, ImageRequest] | None = None,
+        image: ResolvedImage,
+        boot_files: Mapping[str, ResolvedImage] | None = None,
     ) -> InstancePlan:
         check_injection_policy(spec.injection, self.settings.libvirt)
-        image_id, _ = self.cache.identify(request)
-        boot_ids = {name: self.cache.identify(r)[0] for name, r in (boot_files or {}).items()}
-        return plan_disks(spec, self.settings, image_id, boot_ids, request.location)
+        boot_ids = {name: r.image_id for name, r in (boot_files or {}).items()}
+        return plan_disks(spec, self.settings, image.image_id, boot_ids, image.location)
 
     def create_instance(
         self,
@@ -163,14 +132,11 @@ class Host:
     ) -> Instance:
         """Create an instance; `boot_files` maps "kernel"/"ramdisk" to their image requests."""
         check_injection_policy(spec.injection, self.settings.libvirt)
-        boot_files = {
-            name: dataclasses.replace(self.resolve(r), kind=name)
-            for name, r in (boot_files or {}).items()
-        }
-        request = self.resolve(request)
-        plan = self.plan(spec, request, boot_files)
+        boot = self.resolve_boot_files(boot_files)
+        image = self.resolve(request)
+        plan = self.plan(spec, image, boot)
         self.prepare()
-        return self.provisioner.create(plan, request, boot_files)
+        return self.provisioner.create(plan, image, boot)
 
     def describe(self, inst: Instance) -> dict[str, Any]:
         with self.provisioner.backend(inst.record.backend) as backend:
@@ -204,10 +170,10 @@ class Host:
         request = request or ImageRequest(
             source=inst.record.image_source or inst.record.image_id, image_id=inst.record.image_id
         )
-        boot_files = {
-            name: dataclasses.replace(r, kind=name) for name, r in (boot_files or {}).items()
-        }
-        inst = lifecycle.rescue(self.provisioner, inst, request, boot_files)
+        # Resolved like a create: a glance:// rescue image keeps Glance's checksum and format.
+        image = self.resolve(request)
+        boot = self.resolve_boot_files(boot_files)
+        inst = lifecycle.rescue(self.provisioner, inst, image, boot)
         write_domain_xml(inst, self.host_facts())
         return inst
 

@@ -15,7 +15,7 @@ from typing import Any
 from vmdisk.backends import DiskBackend
 from vmdisk.errors import InvalidRequest, NotSupported, ShrinkRefused
 from vmdisk.fsutil import copy_sparse, removing_on_error, temp_name
-from vmdisk.imagecache.store import ImageRequest
+from vmdisk.imagecache.store import ResolvedImage
 from vmdisk.instances import Instance
 from vmdisk.model import DiskRole, FileSource, flavor_dict
 from vmdisk.plan import plan_rescue
@@ -88,8 +88,8 @@ def _grow(backend: DiskBackend, entry: DiskEntry, new_gb: int) -> None:
 def rescue(
     prov: Provisioner,
     inst: Instance,
-    request: ImageRequest,
-    boot_files: Mapping[str, ImageRequest] | None = None,
+    request: ResolvedImage,
+    boot_files: Mapping[str, ResolvedImage] | None = None,
 ) -> Instance:
     """disk.rescue from the rescue image; the instance's own disk is never touched.
 

@@ -30,7 +30,7 @@ from vmdisk.fsutil import (
     write_atomic,
 )
 from vmdisk.imagecache import inspect
-from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
+from vmdisk.imagecache.store import CachedImage, ImageCache, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.inject import inject
 from vmdisk.instances import RECORD, RECORD_MODE, Instance, InstanceStore
@@ -70,8 +70,8 @@ class Provisioner:
     def create(
         self,
         plan: InstancePlan,
-        request: ImageRequest,
-        boot_files: Mapping[str, ImageRequest] | None = None,
+        request: ResolvedImage,
+        boot_files: Mapping[str, ResolvedImage] | None = None,
     ) -> Instance:
         """Make the instance; `boot_files` are the kernel/ramdisk requests the plan names."""
         try:
@@ -87,8 +87,8 @@ class Provisioner:
         self,
         backend: DiskBackend,
         plan: InstancePlan,
-        request: ImageRequest,
-        boot_files: Mapping[str, ImageRequest],
+        request: ResolvedImage,
+        boot_files: Mapping[str, ResolvedImage],
     ) -> Instance:
         bases = [d.base for d in plan.disks if d.base]
         reserve = self.store.reserve(plan.name, plan.uuid, bases)
@@ -133,7 +133,7 @@ class Provisioner:
         backend: DiskBackend,
         build: Path,
         base: CachedImage | None,
-        boot_files: Mapping[str, ImageRequest],
+        boot_files: Mapping[str, ResolvedImage],
     ) -> None:
         """Make every planned disk; independent of each other, so they are made concurrently
         (each is mostly a qemu-img or mkfs process, or the config drive's own CPU work)."""
@@ -158,7 +158,7 @@ class Provisioner:
             for future in [pool.submit(make, disk) for disk in plan.disks]:
                 future.result()
 
-    def copy_boot_file(self, request: ImageRequest, target: Path) -> None:
+    def copy_boot_file(self, request: ResolvedImage, target: Path) -> None:
         """Kernels and ramdisks are cached raw in _base and copied (reflink/sparse) per instance."""
         with self.cache.using(request) as cached:
             copy_sparse(cached.path, target)
@@ -182,7 +182,7 @@ def locate(backend: DiskBackend, disk: DiskPlan) -> ProvisionedDisk:
 def instance_record(
     plan: InstancePlan,
     base: CachedImage | None,
-    request: ImageRequest,
+    request: ResolvedImage,
     located: Mapping[str, ProvisionedDisk],
 ) -> InstanceRecord:
     drive = plan.config_drive
@@ -193,7 +193,7 @@ def instance_record(
         flavor=plan.flavor,
         image_id=plan.image_id,
         image_base=base.name if base is not None else plan.image_base,
-        image_source=request.source,
+        image_source=request.request.source,
         host=os.uname().nodename,
         os_type=plan.os_type,
         disks=tuple(disk_entry(d, located[d.name]) for d in plan.disks),

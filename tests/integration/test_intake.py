@@ -331,7 +331,7 @@ def test_image_id_names_the_base_like_nova(tmp_path: Path, host: Host) -> None:
 def test_leftover_part_files_are_cleaned_and_never_used(tmp_path: Path, host: Host) -> None:
     image = tmp_path / "x.raw"
     image.write_bytes(b"\x02" * 8192)
-    _, name = host.cache.identify(ImageRequest(str(image)))
+    _, name = host.cache.identify(host.resolve(ImageRequest(str(image))))
     leftover = host.settings.base_dir / f"{name}.part-deadbeef0000"
     leftover.write_bytes(b"half")
     cached = host.fetch_image(ImageRequest(str(image)))
@@ -342,7 +342,7 @@ def test_leftover_part_files_are_cleaned_and_never_used(tmp_path: Path, host: Ho
 def test_symlinked_base_entry_is_refused(tmp_path: Path, host: Host, secret: Path) -> None:
     image = tmp_path / "x.raw"
     image.write_bytes(b"\x02" * 8192)
-    _, name = host.cache.identify(ImageRequest(str(image)))
+    _, name = host.cache.identify(host.resolve(ImageRequest(str(image))))
     (host.settings.base_dir / name).symlink_to(secret)
     with pytest.raises(Exception, match="symlink"):
         host.fetch_image(ImageRequest(str(image)))

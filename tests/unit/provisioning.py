@@ -11,14 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.fakes import FakeRunner
+from tests.fakes import FakeRunner, FakeSource
 from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend
 from vmdisk.backends.base import FileBackend
 from vmdisk.errors import BackendError
 from vmdisk.fsutil import ensure_real_dir
 from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import BaseRecord, cache_name, write_record
-from vmdisk.imagecache.store import CachedImage, ImageCache
+from vmdisk.imagecache.registry import resolved
+from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.instances import InstanceStore
 from vmdisk.libvirt.domain import HostFacts
@@ -78,6 +79,11 @@ class World:
     runner: FakeRunner
 
 
+def image(image_id: str = IMAGE_ID) -> ResolvedImage:
+    """The request for a base put_base() made, resolved against a fake source."""
+    return resolved(ImageRequest(image_id, image_id=image_id), FakeSource(b"", name=image_id))
+
+
 def put_base(settings: Settings, image_id: str = IMAGE_ID, virtual_size: int = MiB) -> Path:
     base = settings.base_dir / cache_name(image_id)
     base.write_bytes(b"benign raw bytes".ljust(MiB, b"\0"))
@@ -120,4 +126,4 @@ def make_world(settings: Settings, disk_format: str = "raw") -> World:
     return World(prov, made, settings, knobs, runner)
 
 
-__all__ = ["GiB", "IMAGE_ID", "UUID", "FakeFileBackend", "World", "make_world", "put_base"]
+__all__ = ["GiB", "IMAGE_ID", "UUID", "FakeFileBackend", "World", "image", "make_world", "put_base"]

@@ -8,12 +8,11 @@ import os
 
 import pytest
 
-from tests.unit.provisioning import IMAGE_ID, UUID, World, make_world, put_base
+from tests.unit.provisioning import IMAGE_ID, UUID, World, image, make_world, put_base
 from tests.unit.test_file_backends import qcow2_header
 from vmdisk import inventory
 from vmdisk.imagecache.cleaner import CleanupPolicy
 from vmdisk.imagecache.records import cache_name
-from vmdisk.imagecache.store import ImageRequest
 from vmdisk.model import BackendName, InstanceSpec
 from vmdisk.plan import plan_disks
 from vmdisk.settings import Flavor, Settings
@@ -26,7 +25,7 @@ NOW_AGES = CleanupPolicy(True, 0, 0, 0, 0)
 def world(settings: Settings) -> World:
     w = make_world(settings)
     spec = InstanceSpec("vm1", UUID, Flavor("t", 1, 256, 1, 0, 0), backend=BackendName.FLAT)
-    w.prov.create(plan_disks(spec, settings, IMAGE_ID), ImageRequest(IMAGE_ID, image_id=IMAGE_ID))
+    w.prov.create(plan_disks(spec, settings, IMAGE_ID), image())
     put_base(settings, UNUSED)
     old = 1_000_000_000
     for name in (cache_name(IMAGE_ID), cache_name(UNUSED)):

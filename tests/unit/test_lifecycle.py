@@ -8,11 +8,10 @@ import os
 
 import pytest
 
-from tests.unit.provisioning import IMAGE_ID, UUID, World, make_world, put_base
+from tests.unit.provisioning import IMAGE_ID, UUID, World, image, make_world, put_base
 from vmdisk import diskinfo, lifecycle
 from vmdisk.errors import InvalidRequest, ShrinkRefused
 from vmdisk.imagecache.records import cache_name
-from vmdisk.imagecache.store import ImageRequest
 from vmdisk.instances import Instance, read_record
 from vmdisk.model import BackendName, ConfigDriveSpec, DiskRole, FileSource, InstanceSpec
 from vmdisk.plan import plan_disks
@@ -37,7 +36,7 @@ def inst(world: World) -> Instance:
         config_drive=ConfigDriveSpec(hostname="vm1"),
     )
     plan = plan_disks(spec, world.settings, IMAGE_ID)
-    return world.prov.create(plan, ImageRequest(IMAGE_ID, image_id=IMAGE_ID))
+    return world.prov.create(plan, image())
 
 
 def test_resize_grows_and_records_the_flavor(world: World, inst: Instance) -> None:
@@ -60,7 +59,7 @@ def test_resize_refuses_to_shrink_or_a_missing_disk(world: World, inst: Instance
 
 def test_rescue_then_unrescue(world: World, inst: Instance) -> None:
     put_base(world.settings, RESCUE_ID)
-    rescued = lifecycle.rescue(world.prov, inst, ImageRequest(RESCUE_ID, image_id=RESCUE_ID))
+    rescued = lifecycle.rescue(world.prov, inst, image(RESCUE_ID))
     state = rescued.record.rescue
     assert state is not None and state.base == cache_name(RESCUE_ID)
     assert [d.name for d in state.disks] == ["disk.rescue", "disk.config.rescue"]
@@ -73,7 +72,7 @@ def test_rescue_then_unrescue(world: World, inst: Instance) -> None:
     assert str(inst.path / "disk.rescue") in formats
     assert cache_name(RESCUE_ID) in rescued.record.bases()
     with pytest.raises(InvalidRequest, match="already in rescue"):
-        lifecycle.rescue(world.prov, rescued, ImageRequest(RESCUE_ID, image_id=RESCUE_ID))
+        lifecycle.rescue(world.prov, rescued, image(RESCUE_ID))
     back = lifecycle.unrescue(world.prov, rescued)
     assert back.record.rescue is None and not (inst.path / "disk.rescue").exists()
     assert str(inst.path / "disk.rescue") not in json.loads((inst.path / "disk.info").read_text())

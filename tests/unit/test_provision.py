@@ -8,12 +8,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.unit.provisioning import IMAGE_ID, UUID, World, make_world, put_base
+from tests.unit.provisioning import IMAGE_ID, UUID, World, image, make_world, put_base
 from vmdisk import diskinfo
 from vmdisk.backends import BACKENDS
 from vmdisk.errors import BackendError, FlavorDiskSmallerThanImage
 from vmdisk.imagecache.records import cache_name
-from vmdisk.imagecache.store import ImageRequest
 from vmdisk.instances import read_record
 from vmdisk.model import BackendName, ConfigDriveSpec, FileSource, InstanceSpec
 from vmdisk.plan import plan_disks
@@ -39,7 +38,7 @@ def _spec(root_gb: int = 1) -> InstanceSpec:
 def test_publishes_disks_record_diskinfo_and_xml(world: World) -> None:
     prov, made, settings = world.prov, world.backends, world.settings
     plan = plan_disks(_spec(), settings, IMAGE_ID)
-    inst = prov.create(plan, ImageRequest(IMAGE_ID, image_id=IMAGE_ID))
+    inst = prov.create(plan, image())
     path = settings.instances_path / UUID
     assert inst.path == path
     assert (path / "disk").read_bytes().rstrip(
@@ -66,7 +65,7 @@ def test_a_failing_disk_leaves_nothing_and_discards(
     world.knobs.fail_on = "disk.swap"
     plan = plan_disks(_spec(), settings, IMAGE_ID)
     with pytest.raises(BackendError, match=r"fake failure making disk\.swap"):
-        prov.create(plan, ImageRequest(IMAGE_ID, image_id=IMAGE_ID))
+        prov.create(plan, image())
     assert not (settings.instances_path / UUID).exists()
     assert not list(settings.instances_path.glob(".building-*"))
     assert not (settings.instances_path / ".names" / "vm1").exists()
@@ -79,7 +78,7 @@ def test_image_larger_than_the_root_is_refused_before_any_disk(
     prov, made, settings = world.prov, world.backends, world.settings
     put_base(settings, virtual_size=2 * GiB)
     with pytest.raises(FlavorDiskSmallerThanImage):
-        prov.create(plan_disks(_spec(1), settings, IMAGE_ID), ImageRequest(IMAGE_ID, IMAGE_ID))
+        prov.create(plan_disks(_spec(1), settings, IMAGE_ID), image())
     assert made[0].made == []
     assert not (settings.instances_path / UUID).exists()
 

@@ -374,8 +374,11 @@ def test_python_api_cannot_inject_while_injection_is_off(settings: Settings) -> 
 def test_python_api_plan_carries_an_allowed_injection(settings: Settings) -> None:
     host = Host(injecting(settings, 0, inject_key=True), runner=FakeRunner())
     injection = Injection(partition=0, keys=(KEY,))
-    plan = host.plan(_spec_with(injection), ImageRequest("/nonexistent/root.raw"))
+    plan = host.plan(_spec_with(injection), host.resolve(ImageRequest("/nonexistent/root.raw")))
     assert plan.injection == injection
     with pytest.raises(InvalidRequest) as err:  # keys allowed, passwords not
-        host.plan(_spec_with(Injection(partition=0, password="pw")), ImageRequest("/nonexistent/r"))
+        host.plan(
+            _spec_with(Injection(partition=0, password="pw")),
+            host.resolve(ImageRequest("/nonexistent/r")),
+        )
     assert err.value.reason == "injection-off"

@@ -106,7 +106,8 @@ def create(
     a = app(ctx)
     built = build_spec(a.settings, create_options(name, source, flags))
     if dry_run:
-        plan = a.host.plan(built.spec, built.image, built.boot_files)
+        image, boot = a.host.resolve(built.image), a.host.resolve_boot_files(built.boot_files)
+        plan = a.host.plan(built.spec, image, boot)
         a.output.emit({"dry_run": True, **plan.to_dict()}, lambda out: _print_plan(out, plan))
         return
     inst = a.host.create_instance(built.spec, built.image, built.boot_files)

@@ -11,9 +11,9 @@ from typing import Any
 
 import requests
 
-from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
+from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest, UnsafeImage
 from vmdisk.imagecache.records import Checksum
-from vmdisk.imagecache.sources import HttpSource, redact_url
+from vmdisk.imagecache.sources import HttpSource, Opened, SourceFacts, redact_url
 
 SCHEME = "glance://"
 FORMATS = {
@@ -124,6 +124,7 @@ class GlanceSource:
 
     def __init__(self, glance: Glance, image_id: str) -> None:
         self.image_id = image_id
+        self._glance = glance
         self._http = glance.source(image_id)
 
     @property
@@ -133,5 +134,23 @@ class GlanceSource:
     def normalised(self) -> str:
         return self.image_id
 
-    def open(self, offset: int = 0) -> Any:
+    def resolve(self) -> SourceFacts:
+        """The id, declared format, hash and (for raw images) rbd:// location Glance keeps.
+
+        Refuses an image that is not active or whose disk_format vmdisk never reads.
+        """
+        image = self._glance.image(self.image_id)
+        if image.status != "active":
+            raise ImageNotFound(
+                f"Glance image {image.id} is {image.status}, not active", reason="not-active"
+            )
+        declared = FORMATS.get(image.disk_format)
+        if declared is None:
+            raise UnsafeImage(
+                f"Glance disk_format {image.disk_format!r} is not allowed", reason="format-mismatch"
+            )
+        location = image.direct_url if declared == "raw" else None
+        return SourceFacts(image.id, declared, image.checksum, image.size, location)
+
+    def open(self, offset: int = 0) -> Opened:
         return self._http.open(offset)

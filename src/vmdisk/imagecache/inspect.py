@@ -17,6 +17,7 @@ from typing import Any
 from oslo_utils.imageutils import format_inspector as fi
 
 from vmdisk.errors import ImageTooLarge, UnsafeImage
+from vmdisk.tools.qemu_img import ImageInfo
 from vmdisk.units import MAX_SIZE, format_size
 
 #: Formats a user may declare; vpc is qemu's name for VHD.
@@ -157,6 +158,26 @@ def recheck_raw_base(path: Path) -> None:
             "format-mismatch",
             f"cached base {path.name} should be raw but its header says {found.format}",
         )
+
+
+def confirm_with_qemu(info: ImageInfo, found: Detection, path: Path) -> None:
+    """qemu-img's own reading must agree with ours and show no reference to another file."""
+    if info.format != found.qemu_format:
+        raise refuse("format-mismatch", f"qemu-img reads {info.format}, we detected {found.format}")
+    if info.backing_file:
+        raise refuse("backing-file", f"{info.format} backing file {info.backing_file!r}")
+    if info.data_file:
+        raise refuse("data-file", f"qcow2 external data file {info.data_file!r}")
+    if info.encrypted:
+        raise refuse("encrypted", "qemu-img reports the image as encrypted")
+    if info.corrupt:
+        raise refuse("corrupt", "qemu-img reports the image as corrupt")
+    if info.format == "vmdk":
+        if info.create_type not in VMDK_ALLOWED_TYPES:
+            raise refuse("flat-extent", f"VMDK create type {info.create_type!r} is not allowed")
+        others = [f for f in info.extent_files if Path(f).resolve() != path.resolve()]
+        if others:
+            raise refuse("flat-extent", f"VMDK extent names another file: {others[0]!r}")
 
 
 def _refuse_non_images(head: bytes, size: int) -> None:

@@ -5,7 +5,6 @@ A source only yields bytes; deciding whether they are a safe image is inspect.py
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import socket
@@ -21,6 +20,8 @@ import urllib3
 
 from vmdisk._version import __version__
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
+from vmdisk.fsutil import data_extents
+from vmdisk.imagecache.records import Checksum
 
 CHUNK = 1024 * 1024
 Resolver = Callable[[str], list[str]]
@@ -35,6 +36,21 @@ class Opened:
     resumable: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SourceFacts:
+    """What a source says about its image before any byte is read; each fact is optional.
+
+    Glance supplies all of them; a local file its size; a plain URL nothing (a HEAD request
+    would cost a round trip for a number the download learns anyway).
+    """
+
+    image_id: str | None = None
+    declared_format: str | None = None
+    checksum: Checksum | None = None
+    size: int | None = None
+    location: str | None = None  # rbd://fsid/pool/image/snap when the bytes live in Ceph
+
+
 class ImageSource(Protocol):
     """The seam intake reads through; tests give typed fakes."""
 
@@ -42,6 +58,8 @@ class ImageSource(Protocol):
     def display(self) -> str: ...  # safe to print: no credentials
 
     def normalised(self) -> str: ...  # the default image id
+
+    def resolve(self) -> SourceFacts: ...  # cheap: metadata only, never the bytes
 
     def open(self, offset: int = 0) -> Opened: ...
 
@@ -60,6 +78,13 @@ class LocalFileSource:
 
     def normalised(self) -> str:
         return f"file://{self.path}"
+
+    def resolve(self) -> SourceFacts:
+        """The size from stat; a missing file is reported by open(), as before."""
+        try:
+            return SourceFacts(size=self.path.stat().st_size)
+        except OSError:
+            return SourceFacts()
 
     def open(self, offset: int = 0) -> Opened:
         try:
@@ -88,13 +113,11 @@ def _read_extents(fd: int, offset: int, size: int) -> Iterator[bytes]:
     """
     try:
         pos = offset
-        while pos < size:
-            data = _seek(fd, pos, os.SEEK_DATA, size)
+        for data, hole in [*data_extents(fd, offset, size), (size, size)]:
             while pos < data:
                 n = min(CHUNK, data - pos)
                 yield _ZEROS if n == CHUNK else bytes(n)
                 pos += n
-            hole = _seek(fd, pos, os.SEEK_HOLE, size)
             while pos < hole:
                 chunk = os.pread(fd, min(CHUNK, hole - pos), pos)
                 if not chunk:
@@ -103,17 +126,6 @@ def _read_extents(fd: int, offset: int, size: int) -> Iterator[bytes]:
                 pos += len(chunk)
     finally:
         os.close(fd)
-
-
-def _seek(fd: int, pos: int, whence: int, size: int) -> int:
-    try:
-        return os.lseek(fd, pos, whence)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # no more data after pos
-            return size
-        if exc.errno == errno.EINVAL:  # the file system cannot tell: treat it all as data
-            return pos if whence == os.SEEK_DATA else size
-        raise
 
 
 def _system_resolver(host: str) -> list[str]:
@@ -184,7 +196,7 @@ class HttpSource:
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
         self.max_redirects = max_redirects
-        self.resolve = resolve
+        self.resolver = resolve
         self.headers = headers or {}
         self.session = requests.Session()
         self.session.trust_env = False  # no netrc or proxy surprises in a host tool
@@ -199,6 +211,9 @@ class HttpSource:
         default = {"http": 80, "https": 443}.get(parts.scheme.lower())
         port = f":{parts.port}" if parts.port and parts.port != default else ""
         return urlunsplit((parts.scheme.lower(), host + port, parts.path or "/", parts.query, ""))
+
+    def resolve(self) -> SourceFacts:
+        return SourceFacts()
 
     def open(self, offset: int = 0) -> Opened:
         headers = {"Accept-Encoding": "identity", "User-Agent": f"vmdisk/{__version__}"}
@@ -236,7 +251,7 @@ class HttpSource:
             if response.is_redirect:
                 target = urljoin(url, response.headers.get("Location", ""))
                 response.close()
-                check_redirect(url, target, self.resolve)
+                check_redirect(url, target, self.resolver)
                 url = target
                 headers.pop("Authorization", None)
                 continue

@@ -12,8 +12,10 @@ from typing import Any
 from vmdisk.errors import VmdiskError
 from vmdisk.imagecache import inspect
 from vmdisk.imagecache.entries import EntryKind, scan
+from vmdisk.imagecache.inspect import confirm_with_qemu
+from vmdisk.imagecache.intake import hash_sparse_file
 from vmdisk.imagecache.records import read_record
-from vmdisk.imagecache.store import ImageCache, confirm_with_qemu, hash_sparse_file
+from vmdisk.imagecache.store import ImageCache
 
 
 @dataclass

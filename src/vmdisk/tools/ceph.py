@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from vmdisk.errors import BackendError, ToolNotFound
+from vmdisk.fsutil import data_extents
 
 CHUNK = 4 * 1024 * 1024
 
@@ -168,7 +169,7 @@ class Pool:
         with open(source, "rb") as fh, self._rbd.Image(self.ioctx, image) as img:
             fd = fh.fileno()
             size = os.fstat(fd).st_size
-            for start, end in _data_extents(fd, size):
+            for start, end in data_extents(fd, 0, size):
                 pos = start
                 while pos < end:
                     data = os.pread(fd, min(CHUNK, end - pos), pos)
@@ -200,18 +201,6 @@ class Pool:
     def read(self, image: str, offset: int, length: int) -> bytes:
         with self._rbd.Image(self.ioctx, image, read_only=True) as img:
             return bytes(img.read(offset, length))
-
-
-def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:
-            return
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        yield start, end
-        pos = end
 
 
 def parse_rbd_url(url: str) -> tuple[str, str, str, str] | None:

@@ -1,0 +1,335 @@
+"""The intake pipeline: download -> verify -> convert one image into a cache entry.
+
+store.ImageCache decides *when* to fetch (under the entry's exclusive lock, after a
+re-check); this module decides *how*: stream the bytes into `<sha1>.part-<rand>` hashing and
+inspecting them in one pass, resume a cut download, check the checksum, ask qemu-img to agree
+with the inspector, convert to raw under limits, and write the sidecar record before the rename.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmdisk.errors import ChecksumMismatch, ImageFetchError, VmdiskError
+from vmdisk.fsutil import (
+    data_extents,
+    direct_io_supported,
+    fsync_dir,
+    open_exclusive,
+    removing_on_error,
+    require_space,
+    space_error,
+    temp_name,
+)
+from vmdisk.imagecache import inspect
+from vmdisk.imagecache.inspect import confirm_with_qemu
+from vmdisk.imagecache.records import BaseRecord, Checksum, write_record
+from vmdisk.imagecache.request import ResolvedImage
+from vmdisk.imagecache.sources import ImageSource, TransientFetchError
+from vmdisk.progress import NoProgress, Progress
+from vmdisk.tools.qemu_img import ImageInfo, QemuImg
+from vmdisk.tools.runner import Limits
+from vmdisk.units import GiB
+
+BLOCK = 4096
+_ZERO = bytes(1024 * 1024)
+MAX_RESUMES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A verified file ready to be renamed into place, with what the record says of it."""
+
+    path: Path
+    format: str
+    detected: str
+    virtual_size: int
+    sha256: str
+    cluster_size: int | None
+
+
+class _Hasher:
+    """sha256 (and the checksum's own algorithm) on a thread of its own.
+
+    hashlib releases the GIL for large updates, so hashing runs beside the writes instead of
+    after them; the bounded queue keeps memory flat however large the image.
+    """
+
+    def __init__(self, extra: str | None) -> None:
+        self.sha256 = hashlib.sha256()
+        self.extra = hashlib.new(extra) if extra else None
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self.sha256.update(chunk)
+            if self.extra is not None:
+                self.extra.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+class _Sink:
+    """Where downloaded bytes go: hashed, inspected and written sparsely, in one pass."""
+
+    def __init__(self, fd: int, checksum: Checksum | None) -> None:
+        self.fd = fd
+        wanted = checksum.algorithm if checksum and checksum.algorithm != "sha256" else None
+        self.hasher = _Hasher(wanted)
+        self.inspector = inspect.StreamInspector()
+        self.offset = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.inspector.feed(chunk)
+        _write_sparse(self.fd, chunk, self.offset)
+        self.offset += len(chunk)
+
+    def close(self) -> None:
+        self.hasher.close()
+
+    @property
+    def sha256(self) -> hashlib._Hash:
+        return self.hasher.sha256
+
+    def digest(self, algorithm: str) -> str:
+        if algorithm == "sha256" or self.hasher.extra is None:
+            return self.hasher.sha256.hexdigest()
+        return self.hasher.extra.hexdigest()
+
+
+def _write_sparse(fd: int, chunk: bytes, offset: int) -> None:
+    """Write only the non-zero 4 KiB blocks; holes stay holes (a raw base costs its data)."""
+    if chunk == _ZERO[: len(chunk)]:
+        return
+    view = memoryview(chunk)
+    start = None
+    for pos in range(0, len(chunk), BLOCK):
+        zero = view[pos : pos + BLOCK] == _ZERO[: min(BLOCK, len(chunk) - pos)]
+        if zero and start is not None:
+            os.pwrite(fd, view[start:pos], offset + start)
+            start = None
+        elif not zero and start is None:
+            start = pos
+    if start is not None:
+        os.pwrite(fd, view[start:], offset + start)
+
+
+def hash_sparse_file(path: Path) -> str:
+    """sha256 of a file, reading only its data extents and hashing holes as zeros."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fd = fh.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        for data, hole in data_extents(fd, 0, size):
+            _hash_zeros(digest, data - pos)
+            fh.seek(data)
+            remaining = hole - data
+            while remaining:
+                block = fh.read(min(remaining, len(_ZERO)))
+                if not block:
+                    break
+                digest.update(block)
+                remaining -= len(block)
+            pos = hole
+        _hash_zeros(digest, size - pos)
+    return digest.hexdigest()
+
+
+def _hash_zeros(digest: hashlib._Hash, n: int) -> None:
+    while n > 0:
+        step = min(n, len(_ZERO))
+        digest.update(_ZERO[:step])
+        n -= step
+
+
+class Intake:
+    """Turns one source into one verified base file; holds no lock of its own."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        qemu: QemuImg,
+        *,
+        force_raw: bool = True,
+        max_virtual_size: int | None = None,
+        convert_limits: Limits | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.base_dir = base_dir
+        self.qemu = qemu
+        self.force_raw = force_raw
+        self.max_virtual_size = max_virtual_size
+        self.convert_limits = convert_limits or qemu.limits
+        self.progress = progress or NoProgress()
+
+    def fetch(self, request: ResolvedImage, base: Path) -> BaseRecord:
+        """Download, verify and convert into `base`; the caller holds the entry's lock.
+
+        Every temporary is removed if anything fails; the record is written before the rename.
+        """
+        source, image_id = request.source, request.image_id
+        part, converted = temp_name(base), temp_name(base)
+        with removing_on_error(part, converted):
+            try:
+                sink = self._download(source, part, request.checksum)
+                self._verify_checksum(sink, request)
+                if request.kind == "image":
+                    prepared = self._prepare_image(sink, part, converted, request)
+                else:
+                    prepared = self._prepare_boot_file(sink, part, request.kind)
+            except OSError as exc:
+                mapped = space_error(exc, self.base_dir, f"image {image_id}")
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            final = prepared.path
+            record = BaseRecord(
+                image_id=image_id,
+                source=source.display,
+                declared_format=request.declared_format,
+                detected_format=prepared.detected,
+                format=prepared.format,
+                virtual_size=prepared.virtual_size,
+                size=final.stat().st_size,
+                sha256_download=sink.sha256.hexdigest(),
+                sha256=prepared.sha256,
+                fetched_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                cluster_size=prepared.cluster_size,
+                kind=request.kind,
+            )
+            write_record(base, record)
+            os.replace(final, base)
+            fsync_dir(self.base_dir)
+        return record
+
+    def _prepare_image(
+        self, sink: _Sink, part: Path, converted: Path, request: ResolvedImage
+    ) -> _Prepared:
+        found = self._verify(sink, part, request)
+        final, fmt, info = self._convert(part, converted, found)
+        sha256 = sink.sha256.hexdigest() if final == part else hash_sparse_file(final)
+        if fmt == "raw":
+            inspect.recheck_raw_base(final)
+        cluster = info.cluster_size if fmt != "raw" else None
+        return _Prepared(final, fmt, found.format, info.virtual_size, sha256, cluster)
+
+    def _prepare_boot_file(self, sink: _Sink, part: Path, kind: str) -> _Prepared:
+        """Kernels and ramdisks are not disk images: check what they are, never convert."""
+        with open(part, "rb") as fh:
+            head = fh.read(4096)
+        detected = inspect.check_boot_file(kind, head, sink.offset)
+        digest = sink.sha256.hexdigest()
+        return _Prepared(part, "raw", detected, sink.offset, digest, None)
+
+    def _download(self, source: ImageSource, part: Path, checksum: Checksum | None) -> _Sink:
+        fd = open_exclusive(part, 0o644)
+        sink = _Sink(fd, checksum)
+        try:
+            self._stream_into(source, sink)
+            os.ftruncate(fd, sink.offset)
+            os.fsync(fd)
+        finally:
+            sink.close()
+            os.close(fd)
+        self.progress.done()
+        return sink
+
+    def _stream_into(self, source: ImageSource, sink: _Sink) -> None:
+        resumes = 0
+        started = False
+        while True:
+            before = sink.offset
+            try:
+                opened = source.open(sink.offset)
+                if not started:
+                    if opened.total:
+                        what = f"the download of {source.display}"
+                        require_space(self.base_dir, opened.total, what)
+                    self.progress.start(f"fetching {source.display}", opened.total)
+                    started = True
+                for chunk in opened.chunks:
+                    sink.write(chunk)
+                    self.progress.advance(len(chunk))
+            except TransientFetchError as exc:
+                if sink.offset == before or resumes >= MAX_RESUMES:
+                    raise ImageFetchError(str(exc), reason="download-failed") from exc
+                resumes += 1
+                continue
+            if opened.total is None or sink.offset == opened.total:
+                return
+            if (
+                sink.offset < opened.total
+                and opened.resumable
+                and sink.offset > before
+                and resumes < MAX_RESUMES
+            ):
+                resumes += 1
+                continue
+            raise ImageFetchError(
+                f"download of {source.display} ended at {sink.offset} of {opened.total} bytes",
+                reason="truncated",
+            )
+
+    def _verify_checksum(self, sink: _Sink, request: ResolvedImage) -> None:
+        if request.checksum is not None:
+            actual = sink.digest(request.checksum.algorithm)
+            if actual != request.checksum.hexdigest:
+                raise ChecksumMismatch(
+                    f"{request.checksum.algorithm} of the download is {actual}, "
+                    f"expected {request.checksum.hexdigest}",
+                    reason="checksum-mismatch",
+                )
+
+    def _verify(self, sink: _Sink, part: Path, request: ResolvedImage) -> inspect.Detection:
+        limit = min(filter(None, (request.max_size, self.max_virtual_size)), default=None)
+        found = sink.inspector.finish(request.declared_format, limit)
+        info = self.qemu.info(part, found.qemu_format)
+        confirm_with_qemu(info, found, part)
+        if found.qemu_format in ("qcow2", "vmdk", "vhdx"):
+            result = self.qemu.check(part, found.qemu_format)
+            if not result.ok:
+                raise inspect.refuse(
+                    "corrupt",
+                    f"qemu-img check found {result.corruptions} corruptions and "
+                    f"{result.check_errors} errors in the {found.format} image",
+                )
+        return found
+
+    def _convert(
+        self, part: Path, converted: Path, found: inspect.Detection
+    ) -> tuple[Path, str, ImageInfo]:
+        if found.qemu_format == "raw" or not self.force_raw:
+            return part, found.qemu_format, self.qemu.info(part, found.qemu_format)
+        require_space(self.base_dir, part.stat().st_blocks * 512, "the conversion to raw")
+        cache = "none" if direct_io_supported(self.base_dir) else "writeback"
+        cpu = (self.convert_limits.cpu_seconds or 30) + 10 * (found.virtual_size // GiB + 1)
+        limits = Limits(self.convert_limits.address_space, cpu)
+        self.progress.start(f"converting {found.format} to raw", None)
+        self.qemu.convert(
+            part, found.qemu_format, converted, "raw", cache_mode=cache, limits=limits
+        )
+        self.progress.done()
+        part.unlink()
+        info = self.qemu.info(converted, "raw")
+        if info.format != "raw" or info.virtual_size != found.virtual_size:
+            raise VmdiskError(
+                f"conversion produced {info.format} of {info.virtual_size} bytes, "
+                f"expected raw of {found.virtual_size}"
+            )
+        return converted, "raw", info
