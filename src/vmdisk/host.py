@@ -38,7 +38,7 @@ from vmdisk.imagecache.usage import bases_in_use
 from vmdisk.imagecache.verify import Verdict, verify_cache
 from vmdisk.instances import Instance, InstanceStore
 from vmdisk.libvirt import probe
-from vmdisk.libvirt.domain import CephFacts, Domain, HostFacts, instance_domain, parse_network
+from vmdisk.libvirt.domain import CephFacts, Domain, HostFacts, instance_domain
 from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
 from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress
@@ -110,7 +110,7 @@ class Host:
                 virt_type=probe.virt_type(self.runner, lib.virt_type, cache_dir()),
                 machine=lib.machine_type,
                 direct_io=direct_io_supported(self.settings.instances_path),
-                interface=parse_network(lib.network),
+                interface=lib.network,
                 ceph=ceph,
             )
         return self._facts

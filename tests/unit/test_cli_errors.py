@@ -127,3 +127,19 @@ def test_injection_is_off_by_default(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2
     assert json_error(out)["reason"] == "injection-off"
     assert not inst.exists()
+
+
+def test_bad_network_setting_is_exit_3_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "vmdisk.toml"
+    cfg.write_text(f'instances_path = "{tmp_path}"\n[libvirt]\nnetwork = "bogus"\n')
+    code, out, err = run(capsys, "--config", str(cfg), "list")
+    assert code == 3 and out == ""
+    assert err.splitlines() == [
+        f"vmdisk: error: {cfg}: [libvirt] network: network 'bogus' must be none, user or "
+        "bridge:NAME"
+    ]
+    code, out, _ = run(capsys, "--json", "--config", str(cfg), "list")
+    assert code == 3
+    assert json_error(out)["type"] == "SettingsError"

@@ -14,6 +14,7 @@ from typing import Any
 
 from vmdisk import diskinfo
 from vmdisk.instances import Instance, InstanceRecord
+from vmdisk.netspec import Interface
 
 METADATA_NS = "https://github.com/vmdisk/vmdisk/xmlns/instance/1.0"
 DISK_LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -41,13 +42,6 @@ class DiskDevice:
     cache: str = "none"
     io: str | None = None
     readonly: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Interface:
-    kind: str  # "user" or "bridge"
-    bridge: str | None = None
-    model: str = "virtio"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,17 +164,6 @@ def _interface(devices: ET.Element, iface: Interface) -> None:
     else:
         el = _sub(devices, "interface", type_="user")
     _sub(el, "model", type_=iface.model)
-
-
-def parse_network(setting: str) -> Interface | None:
-    """`[libvirt] network`: "none", "user", or "bridge:NAME"."""
-    if setting in ("", "none"):
-        return None
-    if setting == "user":
-        return Interface("user")
-    if setting.startswith("bridge:") and len(setting) > len("bridge:"):
-        return Interface("bridge", setting.split(":", 1)[1])
-    raise ValueError(f"network {setting!r} must be none, user or bridge:NAME")
 
 
 @dataclass(frozen=True, slots=True)
