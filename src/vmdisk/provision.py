@@ -20,7 +20,7 @@ from vmdisk import diskinfo
 from vmdisk.backends import DiskBackend, backend_class
 from vmdisk.backends.base import verify_base_size
 from vmdisk.backends.rbd import RbdBackend, RbdConfig, remove_instance_images
-from vmdisk.errors import DiskMissing, InvalidRequest
+from vmdisk.errors import DiskMissing, InternalError
 from vmdisk.fsutil import (
     copy_sparse,
     fallocate_supported,
@@ -169,7 +169,7 @@ class Provisioner:
         from vmdisk.configdrive.builder import build_drive
 
         if plan.config_drive is None:
-            raise InvalidRequest("internal: config drive planned without a spec")
+            raise InternalError("config drive planned without a spec")
         build_drive(plan, plan.config_drive, target, self.runner)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmdisk.backends.base import DiskBackend
-from vmdisk.errors import FlavorDiskSmallerThanImage, InvalidRequest
+from vmdisk.errors import FlavorDiskSmallerThanImage, InternalError, InvalidRequest
 from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.store import CachedImage
 from vmdisk.imagecache.templates import TemplateCache
@@ -165,7 +165,7 @@ class RbdBackend(DiskBackend):
             try:
                 pool.write_file(tmp, path)
                 pool.snapshot_protected(tmp, SNAP)
-                pool._rbd.RBD().rename(pool.ioctx, tmp, final)
+                pool.rename(tmp, final)
             except BaseException:
                 with contextlib.suppress(Exception):
                     _remove_with_snaps(pool, tmp)
@@ -173,7 +173,7 @@ class RbdBackend(DiskBackend):
         return final
 
     def resize(self, path: Path, fmt: str, size: int) -> None:
-        raise InvalidRequest("internal: RBD disks are resized by image name")
+        raise InternalError("RBD disks are resized by image name (resize_image)")
 
     def resize_image(self, image: str, size: int) -> None:
         pool_name, name = image.split("/", 1)
@@ -197,12 +197,7 @@ def _verify_size(image_size: int, disk_size: int | None) -> None:
 
 
 def _remove_with_snaps(pool: Pool, image: str) -> None:
-    with pool._rbd.Image(pool.ioctx, image) as img:
-        for snap in list(img.list_snaps()):
-            if img.is_protected_snap(snap["name"]):
-                img.unprotect_snap(snap["name"])
-            img.remove_snap(snap["name"])
-    pool.remove(image)
+    pool.remove_with_snaps(image)
 
 
 def remove_instance_images(config: RbdConfig, images: list[str]) -> None:
