@@ -1,57 +1,186 @@
 """vmdisk: build a virtual machine's disks on a KVM host the way Nova's libvirt driver does.
 
-The public API is re-exported here; everything else is internal and may change.
+The public API is re-exported here: the whole error tree, and every type a caller passes to or
+receives from Host (tests/unit/test_public_api.py keeps the list complete); everything else is
+internal and may change.
 """
 
 from vmdisk._version import __version__
+from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend, DiskState
+from vmdisk.boot import BootResult
 from vmdisk.errors import (
+    BackendError,
+    CephError,
+    CephUnavailable,
     ChecksumMismatch,
+    DiskMissing,
     FlavorDiskSmallerThanImage,
     ImageError,
+    ImageFetchError,
+    ImageNotFound,
     ImageRefused,
+    ImageTooLarge,
+    InstanceExists,
+    InstanceNotFound,
     InsufficientSpace,
+    InternalError,
+    Interrupted,
     InvalidRequest,
+    LockTimeout,
+    NotSupported,
+    PoolNotFound,
+    RbdImageNotFound,
     SettingsError,
+    ShrinkRefused,
     ToolError,
+    ToolLimitExceeded,
     ToolNotFound,
     UnsafeImage,
     VmdiskError,
 )
 from vmdisk.host import Host
-from vmdisk.imagecache.records import Checksum
-from vmdisk.imagecache.store import CachedImage, ImageRequest
+from vmdisk.imagecache.cleaner import Action, CleanupPlan, CleanupPolicy, CleanupResult, Decision
+from vmdisk.imagecache.entries import EntryKind
+from vmdisk.imagecache.glance import Glance
+from vmdisk.imagecache.records import BaseRecord, Checksum
+from vmdisk.imagecache.registry import SourceRegistry
+from vmdisk.imagecache.request import ImageRequest, ResolvedImage
+from vmdisk.imagecache.sources import ImageSource, SourceFacts
+from vmdisk.imagecache.store import CachedImage
+from vmdisk.imagecache.verify import Verdict
 from vmdisk.instances import Instance
-from vmdisk.model import BackendName, ConfigDriveSpec, InstancePlan, InstanceSpec, OsType
+from vmdisk.inventory import CacheEntry, CacheListing
+from vmdisk.libvirt.domain import DiskDevice, Domain, HostFacts
+from vmdisk.model import (
+    BackendName,
+    BlockSource,
+    BootOptions,
+    ConfigDriveSpec,
+    DiskPlan,
+    DiskRole,
+    DiskSource,
+    FileSource,
+    InstancePlan,
+    InstanceSpec,
+    NetworkAuth,
+    NetworkSource,
+    OsType,
+    ProvisionedDisk,
+)
+from vmdisk.netspec import Interface, InterfaceKind, parse_network
 from vmdisk.plan import plan_disks
-from vmdisk.record import InstanceRecord
-from vmdisk.settings import Flavor, Settings, load_settings
+from vmdisk.progress import Progress
+from vmdisk.record import BootFile, DiskEntry, DriveInfo, InstanceRecord, RescueState
+from vmdisk.request import BuiltRequest, CreateOptions, Nic, build_spec
+from vmdisk.settings import (
+    ConfigDriveFormat,
+    Flavor,
+    GlanceSettings,
+    ImageCacheSettings,
+    ImagesType,
+    LibvirtSettings,
+    PreallocateImages,
+    Settings,
+    VolumeClear,
+    load_settings,
+)
+from vmdisk.tools.runner import Runner
 
 __all__ = [
+    "Action",
+    "BackendDeps",
+    "BackendError",
+    "BackendInfo",
     "BackendName",
+    "BaseRecord",
+    "BlockSource",
+    "BootFile",
+    "BootOptions",
+    "BootResult",
+    "BuiltRequest",
+    "CacheEntry",
+    "CacheListing",
     "CachedImage",
+    "CephError",
+    "CephUnavailable",
     "Checksum",
     "ChecksumMismatch",
+    "CleanupPlan",
+    "CleanupPolicy",
+    "CleanupResult",
+    "ConfigDriveFormat",
     "ConfigDriveSpec",
+    "CreateOptions",
+    "Decision",
+    "DiskBackend",
+    "DiskDevice",
+    "DiskEntry",
+    "DiskMissing",
+    "DiskPlan",
+    "DiskRole",
+    "DiskSource",
+    "DiskState",
+    "Domain",
+    "DriveInfo",
+    "EntryKind",
+    "FileSource",
     "Flavor",
     "FlavorDiskSmallerThanImage",
+    "Glance",
+    "GlanceSettings",
     "Host",
+    "HostFacts",
+    "ImageCacheSettings",
     "ImageError",
+    "ImageFetchError",
+    "ImageNotFound",
     "ImageRefused",
     "ImageRequest",
-    "InsufficientSpace",
+    "ImageSource",
+    "ImageTooLarge",
+    "ImagesType",
     "Instance",
+    "InstanceExists",
+    "InstanceNotFound",
     "InstancePlan",
     "InstanceRecord",
     "InstanceSpec",
+    "InsufficientSpace",
+    "Interface",
+    "InterfaceKind",
+    "InternalError",
+    "Interrupted",
     "InvalidRequest",
+    "LibvirtSettings",
+    "LockTimeout",
+    "NetworkAuth",
+    "NetworkSource",
+    "Nic",
+    "NotSupported",
     "OsType",
+    "PoolNotFound",
+    "PreallocateImages",
+    "Progress",
+    "ProvisionedDisk",
+    "RbdImageNotFound",
+    "RescueState",
+    "ResolvedImage",
+    "Runner",
     "Settings",
     "SettingsError",
+    "ShrinkRefused",
+    "SourceFacts",
+    "SourceRegistry",
     "ToolError",
+    "ToolLimitExceeded",
     "ToolNotFound",
     "UnsafeImage",
+    "Verdict",
     "VmdiskError",
-    "__version__",
+    "VolumeClear",
+    "build_spec",
     "load_settings",
+    "parse_network",
     "plan_disks",
+    "__version__",
 ]

@@ -16,13 +16,20 @@ VmdiskError                      exit 1; message, optional hint and machine-read
       ChecksumMismatch
       ImageTooLarge              virtual size over --max-size or absurd
   BackendError
-    InsufficientSpace            the filesystem cannot hold what we are about to write
+    InsufficientSpace            the filesystem (or Ceph pool) cannot hold what we write
     DiskMissing                  an instance disk or its base is gone
+    CephError                    a librados/librbd call failed; names pool, image, errno
+      CephUnavailable            cannot connect, or the cluster stopped answering
+      PoolNotFound               the pool does not exist
+      RbdImageNotFound           the RBD image does not exist (also a DiskMissing)
   ToolError                      tool, argv (redacted), exit code, stderr tail
     ToolNotFound                 executable missing; the hint names the Debian package
     ToolLimitExceeded            killed by its resource limits or its timeout
   LockTimeout
   Interrupted                    exit 130; SIGINT or SIGTERM while working
+  InternalError                  a broken invariant: a bug in vmdisk or in an API caller
+
+Only tools/ceph.py sees the exceptions of the rados/rbd bindings; it raises this tree.
 """
 
 from __future__ import annotations
@@ -116,6 +123,37 @@ class DiskMissing(BackendError):
     pass
 
 
+class CephError(BackendError):
+    """Translated at tools/ceph.py from the bindings' errors, which carry librados' errno."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pool: str | None = None,
+        image: str | None = None,
+        errno: int | None = None,
+        hint: str | None = None,
+        reason: str | None = None,
+    ):
+        super().__init__(message, hint=hint, reason=reason)
+        self.pool = pool
+        self.image = image
+        self.errno = errno
+
+
+class CephUnavailable(CephError):
+    pass
+
+
+class PoolNotFound(CephError):
+    pass
+
+
+class RbdImageNotFound(CephError, DiskMissing):
+    pass
+
+
 class ToolError(VmdiskError):
     def __init__(
         self,
@@ -147,3 +185,10 @@ class LockTimeout(VmdiskError):
 
 class Interrupted(VmdiskError):
     exit_code = 130
+
+
+class InternalError(VmdiskError):
+    """Not the user's input but a broken invariant; exit 1, never a usage error (exit 2)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, reason: str | None = "internal"):
+        super().__init__(message, hint=hint, reason=reason)

@@ -24,7 +24,7 @@ from vmdisk.inject import check_injection_policy
 from vmdisk.instances import Instance, InstanceStore
 from vmdisk.inventory import CacheListing
 from vmdisk.libvirt import probe
-from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain, parse_network
+from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain
 from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
 from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress
@@ -83,7 +83,7 @@ class Host:
                 virt_type=probe.virt_type(self.runner, lib.virt_type, cache_dir()),
                 machine=lib.machine_type,
                 direct_io=direct_io_supported(self.settings.instances_path),
-                interface=parse_network(lib.network),
+                interface=lib.network,
             )
         return self._facts
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from vmdisk import diskinfo
 from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend, open_backend
 from vmdisk.backends.base import verify_base_size
-from vmdisk.errors import InvalidRequest
+from vmdisk.errors import InternalError
 from vmdisk.fsutil import (
     copy_sparse,
     fallocate_supported,
@@ -167,7 +167,7 @@ class Provisioner:
         from vmdisk.configdrive.builder import build_drive
 
         if plan.config_drive is None:
-            raise InvalidRequest("internal: config drive planned without a spec")
+            raise InternalError("config drive planned without a spec")
         build_drive(plan, plan.config_drive, target, self.runner)
 
 

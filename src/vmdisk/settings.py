@@ -1,7 +1,11 @@
 """Settings: a TOML file, then VMDISK_* environment variables, then flags, merged once.
 
 Option names and defaults are Nova's, so an operator's knowledge carries over. The result is a
-tree of frozen dataclasses; each part of the library receives only the slice it uses.
+tree of frozen dataclasses; each part of the library receives only the slice it uses. Every
+value is parsed into its domain type here, once (enums, the network interface, a checked machine
+type), so a bad value is a SettingsError naming file and key, never a failure deep in a command.
+Values given as strings from Python (`Settings(images_type="raw")`, `dataclasses.replace`) get
+the same parse.
 """
 
 from __future__ import annotations
@@ -9,25 +13,98 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 
 from vmdisk.errors import SettingsError
+from vmdisk.netspec import Interface, parse_network
 from vmdisk.units import GiB, parse_size
 
 SYSTEM_CONFIG = Path("/etc/vmdisk/vmdisk.toml")
 ENV_PREFIX = "VMDISK_"
 ENV_CONFIG = "VMDISK_CONFIG"
+#: qemu's `-machine` and libvirt's `<type machine=>`: a comma would add qemu sub-options.
+MACHINE_TYPE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+_E = TypeVar("_E", bound=StrEnum)
 
 
-def _kind(kind: str, default: Any, *, choices: tuple[str, ...] = ()) -> Any:
-    """A dataclass field whose metadata says how to read it from TOML or the environment."""
+class ImagesType(StrEnum):
+    """`[libvirt] images_type`; "default" is qcow2 with use_cow_images, else flat."""
+
+    DEFAULT = "default"
+    QCOW2 = "qcow2"
+    FLAT = "flat"
+    RAW = "raw"  # Nova's older name for flat
+    RBD = "rbd"
+    LVM = "lvm"
+
+
+class VolumeClear(StrEnum):
+    """`[libvirt] volume_clear`: what is done to an LV's blocks before it is removed."""
+
+    ZERO = "zero"
+    SHRED = "shred"
+    NONE = "none"
+
+
+class PreallocateImages(StrEnum):
+    NONE = "none"
+    SPACE = "space"
+
+
+class ConfigDriveFormat(StrEnum):
+    ISO9660 = "iso9660"
+    VFAT = "vfat"
+
+
+def _kind(kind: str | Callable[[Any], Any], default: Any, *, choices: tuple[str, ...] = ()) -> Any:
+    """A dataclass field whose metadata says how to read it from TOML or the environment.
+
+    `kind` names a converter below, or is a parser into a domain type; a parser's field is
+    parsed again when Python code hands it a plain string (see _parse_strings).
+    """
     return field(default=default, metadata={"kind": kind, "choices": choices})
+
+
+def _as_enum(cls: type[_E]) -> Callable[[Any], _E]:
+    def convert(value: Any) -> _E:
+        text = _as_str(value)
+        if text not in tuple(cls):
+            raise ValueError(f"{text!r} is not one of {', '.join(cls)}")
+        return cls(text)
+
+    return convert
+
+
+def _as_network(value: Any) -> Interface | None:
+    return parse_network(_as_str(value))
+
+
+def _as_machine(value: Any) -> str:
+    text = _as_str(value)
+    if not MACHINE_TYPE.fullmatch(text):
+        raise ValueError(f"{text!r} is not a qemu machine type (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _parse_strings(obj: Any, section: str) -> None:
+    """Run a domain field's parser on a plain string given from Python, as load_settings does."""
+    for f in dataclasses.fields(obj):
+        parse = f.metadata.get("kind")
+        value = getattr(obj, f.name)
+        if callable(parse) and type(value) is str:
+            try:
+                object.__setattr__(obj, f.name, parse(value))
+            except ValueError as exc:
+                raise SettingsError(f"settings: {section}{f.name}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +146,12 @@ class ImageCacheSettings:
 
 @dataclass(frozen=True, slots=True)
 class LibvirtSettings:
-    images_type: str = _kind(
-        "str", "default", choices=("default", "qcow2", "flat", "raw", "rbd", "lvm")
-    )
+    images_type: ImagesType = _kind(_as_enum(ImagesType), ImagesType.DEFAULT)
     images_cpu_time_limit: int = _kind("int", 30)
     images_address_space_limit: int = _kind("gib", 2 * GiB)
     virt_type: str = _kind("str", "auto", choices=("auto", "kvm", "qemu"))
-    machine_type: str = _kind("str", "pc")
-    network: str = _kind("str", "none")
+    machine_type: str = _kind(_as_machine, "pc")
+    network: Interface | None = _kind(_as_network, None)  # "none" is no NIC
     images_rbd_pool: str = _kind("str", "vms")
     images_rbd_ceph_conf: str = _kind("str", "")
     rbd_user: str | None = _kind("str?", None)
@@ -85,11 +160,14 @@ class LibvirtSettings:
     images_volume_group: str = _kind("str", "")
     images_thin_pool: str = _kind("str", "")
     sparse_logical_volumes: bool = _kind("bool", False)
-    volume_clear: str = _kind("str", "zero", choices=("zero", "shred", "none"))
+    volume_clear: VolumeClear = _kind(_as_enum(VolumeClear), VolumeClear.ZERO)
     volume_clear_size: int = _kind("int", 0)
     inject_partition: int = _kind("int", -2)
     inject_key: bool = _kind("bool", False)
     inject_password: bool = _kind("bool", False)
+
+    def __post_init__(self) -> None:
+        _parse_strings(self, "[libvirt] ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +182,25 @@ class Settings:
     instances_path: Path = _kind("path", Path("/var/lib/vmdisk/instances"))
     use_cow_images: bool = _kind("bool", True)
     force_raw_images: bool = _kind("bool", True)
-    preallocate_images: str = _kind("str", "none", choices=("none", "space"))
+    preallocate_images: PreallocateImages = _kind(
+        _as_enum(PreallocateImages), PreallocateImages.NONE
+    )
     default_ephemeral_format: str | None = _kind(
         "str?", None, choices=("ext2", "ext3", "ext4", "xfs", "vfat", "ntfs")
     )
     virt_mkfs: tuple[str, ...] = _kind("strlist", ())
     force_config_drive: bool = _kind("bool", False)
-    config_drive_format: str = _kind("str", "iso9660", choices=("iso9660", "vfat"))
+    config_drive_format: ConfigDriveFormat = _kind(
+        _as_enum(ConfigDriveFormat), ConfigDriveFormat.ISO9660
+    )
     image_cache: ImageCacheSettings = field(default_factory=ImageCacheSettings)
     libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
     glance: GlanceSettings = field(default_factory=GlanceSettings)
     flavors: Mapping[str, Flavor] = field(default_factory=lambda: dict(BUILTIN_FLAVORS))
     config_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        _parse_strings(self, "")
 
     @property
     def base_dir(self) -> Path:
@@ -315,7 +400,9 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _convert(kind: str, value: Any, choices: tuple[str, ...]) -> Any:
+def _convert(kind: str | Callable[[Any], Any], value: Any, choices: tuple[str, ...]) -> Any:
+    if callable(kind):
+        return kind(value)
     optional = kind.endswith("?")
     kind = kind.rstrip("?")
     if optional and (value is None or value == ""):
@@ -340,9 +427,9 @@ def _validate(settings: Settings, where: str) -> None:
     lib = settings.libvirt
     if lib.images_cpu_time_limit <= 0 or lib.images_address_space_limit <= 0:
         raise SettingsError(f"{where}: [libvirt] qemu-img limits must be positive")
-    if lib.images_type == "lvm" and not lib.images_volume_group:
+    if lib.images_type is ImagesType.LVM and not lib.images_volume_group:
         raise SettingsError(f"{where}: images_type = 'lvm' needs [libvirt] images_volume_group")
     if lib.volume_clear_size < 0:
         raise SettingsError(f"{where}: [libvirt] volume_clear_size must be 0 (all) or more")
-    if lib.images_type == "rbd" and not settings.force_raw_images:
+    if lib.images_type is ImagesType.RBD and not settings.force_raw_images:
         raise SettingsError(f"{where}: images_type = 'rbd' needs force_raw_images = true")

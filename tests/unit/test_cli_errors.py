@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
-from vmdisk.cli.main import main
+from vmdisk.cli.context import app
+from vmdisk.cli.main import cli, main
+from vmdisk.errors import InternalError, InvalidRequest, VmdiskError
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -127,3 +131,67 @@ def test_injection_is_off_by_default(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2
     assert json_error(out)["reason"] == "injection-off"
     assert not inst.exists()
+
+
+def test_bad_network_setting_is_exit_3_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "vmdisk.toml"
+    cfg.write_text(f'instances_path = "{tmp_path}"\n[libvirt]\nnetwork = "bogus"\n')
+    code, out, err = run(capsys, "--config", str(cfg), "list")
+    assert code == 3 and out == ""
+    assert err.splitlines() == [
+        f"vmdisk: error: {cfg}: [libvirt] network: network 'bogus' must be none, user or "
+        "bridge:NAME"
+    ]
+    code, out, _ = run(capsys, "--json", "--config", str(cfg), "list")
+    assert code == 3
+    assert json_error(out)["type"] == "SettingsError"
+
+
+@pytest.fixture
+def failing_command() -> Iterator[None]:
+    """A throwaway subcommand that raises what its argument names, removed afterwards."""
+
+    @click.command("fail-for-test")
+    @click.argument("kind")
+    def fail(kind: str) -> None:
+        if kind == "bug":
+            raise RuntimeError("first line\n  second line")
+        if kind == "internal":
+            raise InternalError("an invariant broke")
+        raise click.UsageError("bad flag")
+
+    cli.add_command(fail)
+    try:
+        yield
+    finally:
+        cli.commands.pop("fail-for-test")
+
+
+@pytest.mark.usefixtures("failing_command")
+def test_bugs_are_one_line_exit_1_not_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "fail-for-test", "bug")
+    assert code == 1 and out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith("vmdisk: error: internal error: RuntimeError: first line second line")
+    assert "-v" in err and "Traceback" not in err
+    code, out, err = run(capsys, "-v", "fail-for-test", "bug")
+    assert code == 1 and "Traceback" in err
+    code, out, _ = run(capsys, "--json", "fail-for-test", "internal")
+    assert code == 1
+    assert json_error(out) == {
+        "type": "InternalError",
+        "message": "internal error: an invariant broke",
+        "reason": "internal",
+    }
+    code, out, _ = run(capsys, "--json", "fail-for-test", "usage")
+    assert code == 2 and json_error(out)["type"] == "UsageError"
+
+
+def test_programmer_errors_are_not_usage_errors() -> None:
+    assert issubclass(InternalError, VmdiskError)
+    assert not issubclass(InternalError, InvalidRequest)
+    assert InternalError("x").exit_code == 1 and InternalError("x").reason == "internal"
+    with pytest.raises(InternalError):
+        app(click.Context(click.Command("orphan")))

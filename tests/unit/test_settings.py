@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from vmdisk.errors import SettingsError
-from vmdisk.settings import BUILTIN_FLAVORS, load_settings
+from vmdisk.netspec import Interface, InterfaceKind
+from vmdisk.settings import (
+    BUILTIN_FLAVORS,
+    ConfigDriveFormat,
+    ImagesType,
+    LibvirtSettings,
+    PreallocateImages,
+    Settings,
+    load_settings,
+)
 from vmdisk.units import GiB
 
 
@@ -102,3 +112,63 @@ def test_user_flavors_and_sizes(tmp_path: Path) -> None:
     assert "m1.tiny" in s.flavors
     assert s.image_cache.max_size == 50 * GiB
     assert s.libvirt.images_address_space_limit == 4 * GiB
+
+
+def test_values_are_parsed_into_domain_types(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path,
+        'preallocate_images = "space"\nconfig_drive_format = "vfat"\n'
+        '[libvirt]\nimages_type = "raw"\nnetwork = "bridge:br0"\nmachine_type = "pc-q35-8.2"\n',
+    )
+    s = load_settings(cfg, env={}, overrides={})
+    assert s.preallocate_images is PreallocateImages.SPACE
+    assert s.config_drive_format is ConfigDriveFormat.VFAT
+    assert s.libvirt.images_type is ImagesType.RAW
+    assert s.libvirt.network == Interface(InterfaceKind.BRIDGE, "br0")
+    assert s.libvirt.machine_type == "pc-q35-8.2"
+    defaults = load_settings(None, env={}, overrides={"instances_path": str(tmp_path)})
+    assert defaults.libvirt.network is None
+    assert defaults.libvirt.images_type is ImagesType.DEFAULT
+
+
+def test_environment_values_get_the_same_parse(tmp_path: Path) -> None:
+    env = {"VMDISK_LIBVIRT__NETWORK": "user", "VMDISK_CONFIG_DRIVE_FORMAT": "vfat"}
+    s = load_settings(None, env=env, overrides={"instances_path": str(tmp_path)})
+    assert s.libvirt.network == Interface(InterfaceKind.USER)
+    assert s.config_drive_format is ConfigDriveFormat.VFAT
+    with pytest.raises(SettingsError, match=r"\[libvirt\] network: .*bogus"):
+        load_settings(None, env={"VMDISK_LIBVIRT__NETWORK": "bogus"}, overrides={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[libvirt]\nnetwork = "bogus"\n', "[libvirt] network: network 'bogus' must be"),
+        ('[libvirt]\nnetwork = "bridge:br0,helper=/x"\n', "[libvirt] network: bridge name"),
+        ('[libvirt]\nnetwork = "bridge:"\n', "[libvirt] network: bridge name"),
+        ("[libvirt]\nnetwork = 1\n", "[libvirt] network: expected a string"),
+        ('[libvirt]\nmachine_type = "pc,accel=tcg"\n', "[libvirt] machine_type: "),
+        ('[libvirt]\nmachine_type = ""\n', "[libvirt] machine_type: "),
+        ('preallocate_images = "full"\n', "preallocate_images: 'full' is not one of none, space"),
+        ('config_drive_format = "iso"\n', "config_drive_format: 'iso' is not one of iso9660"),
+    ],
+)
+def test_bad_domain_values_name_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    cfg = write(tmp_path, text)
+    with pytest.raises(SettingsError) as err:
+        load_settings(cfg, env={}, overrides={})
+    assert err.value.message.startswith(f"{cfg}: ")
+    assert expected in err.value.message
+    assert err.value.exit_code == 3
+
+
+def test_strings_from_python_get_the_same_parse() -> None:
+    s = dataclasses.replace(Settings(), preallocate_images="space")  # type: ignore[arg-type]
+    assert s.preallocate_images is PreallocateImages.SPACE
+    lib = LibvirtSettings(images_type="rbd", network="bridge:br1")  # type: ignore[arg-type]
+    assert lib.images_type is ImagesType.RBD
+    assert lib.network == Interface(InterfaceKind.BRIDGE, "br1")
+    with pytest.raises(SettingsError, match=r"settings: \[libvirt\] network: "):
+        LibvirtSettings(network="bridge:a,b")  # type: ignore[arg-type]
+    with pytest.raises(SettingsError, match="settings: config_drive_format: "):
+        Settings(config_drive_format="udf")  # type: ignore[arg-type]

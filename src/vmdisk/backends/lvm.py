@@ -21,7 +21,6 @@ import contextlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from vmdisk.backends.base import BackendDeps, DiskBackend, DiskState
@@ -36,19 +35,13 @@ from vmdisk.model import (
     ProvisionedDisk,
 )
 from vmdisk.record import DiskEntry
-from vmdisk.settings import LibvirtSettings
+from vmdisk.settings import LibvirtSettings, VolumeClear
 from vmdisk.tools.lvm import LogicalVolume, Lvm
 from vmdisk.units import MiB
 
 BASE_PREFIX = "vmdisk_base_"
 #: Disks that are volumes; kernels, ramdisks and the config drive stay files.
 _ROLES = (DiskRole.ROOT, DiskRole.EPHEMERAL, DiskRole.SWAP, DiskRole.RESCUE)
-
-
-class VolumeClear(StrEnum):
-    ZERO = "zero"
-    SHRED = "shred"
-    NONE = "none"
 
 
 @dataclass(frozen=True, slots=True)

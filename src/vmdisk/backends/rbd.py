@@ -185,7 +185,7 @@ class RbdBackend(DiskBackend):
             try:
                 pool.write_file(tmp, path)
                 pool.snapshot_protected(tmp, SNAP)
-                pool._rbd.RBD().rename(pool.ioctx, tmp, final)
+                pool.rename(tmp, final)
             except BaseException:
                 with contextlib.suppress(Exception):
                     _remove_with_snaps(pool, tmp)
@@ -246,9 +246,4 @@ def _image(disk: DiskPlan) -> str:
 
 
 def _remove_with_snaps(pool: Pool, image: str) -> None:
-    with pool._rbd.Image(pool.ioctx, image) as img:
-        for snap in list(img.list_snaps()):
-            if img.is_protected_snap(snap["name"]):
-                img.unprotect_snap(snap["name"])
-            img.remove_snap(snap["name"])
-    pool.remove(image)
+    pool.remove_with_snaps(image)

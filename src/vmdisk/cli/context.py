@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from vmdisk.cli.output import Output
+from vmdisk.errors import InternalError
 from vmdisk.host import Host
 from vmdisk.settings import Settings, load_settings
 
@@ -43,5 +44,5 @@ class AppContext:
 def app(ctx: click.Context) -> AppContext:
     obj = ctx.find_object(AppContext)
     if obj is None:
-        raise click.UsageError("internal: no application context")
+        raise InternalError("a command ran outside the vmdisk group (no application context)")
     return obj

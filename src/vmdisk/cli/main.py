@@ -1,6 +1,8 @@
 """`vmdisk` command line: global flags, settings read once, errors mapped to exit codes here only.
 
 Exit codes: 0 success, 1 vmdisk error, 2 usage, 3 settings, 4 image refused, 130 interrupted.
+A bug (InternalError, or any exception outside the tree) is exit 1 and one line, never a usage
+error; -v adds the traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import click
 from vmdisk._version import __version__
 from vmdisk.cli.context import AppContext
 from vmdisk.cli.output import Output
-from vmdisk.errors import Interrupted, VmdiskError
+from vmdisk.errors import InternalError, Interrupted, VmdiskError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -72,6 +74,19 @@ def _report(error: dict[str, Any], json_mode: bool, hint: str | None = None) -> 
             sys.stderr.write(f"hint: {hint}\n")
 
 
+def _report_internal(exc: Exception, json_mode: bool, verbose: bool) -> int:
+    """One line (whitespace folded) naming the exception; the traceback only with -v."""
+    if verbose:
+        traceback.print_exc()
+    text = " ".join(str(exc).split())
+    kind = "" if isinstance(exc, InternalError) else f"{type(exc).__name__}: "
+    message = f"internal error: {kind}{text}"
+    if not verbose and not json_mode:
+        message += " (a bug: run again with -v for the traceback and report it)"
+    _report({"type": "InternalError", "message": message, "reason": "internal"}, json_mode)
+    return EXIT_ERROR
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Interrupted("interrupted by SIGTERM", reason="interrupted")
 
@@ -96,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             {"type": "Interrupted", "message": "interrupted", "reason": "interrupted"}, json_mode
         )
         return EXIT_INTERRUPTED
+    except InternalError as exc:
+        return _report_internal(exc, json_mode, verbose)
     except VmdiskError as exc:
         if verbose:
             traceback.print_exc()
@@ -109,15 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_ERROR
     except Exception as exc:
-        if verbose:
-            traceback.print_exc()
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        _report(
-            {"type": "InternalError", "message": message, "reason": "internal"},
-            json_mode,
-            "run again with -v for the traceback and report it",
-        )
-        return EXIT_ERROR
+        return _report_internal(exc, json_mode, verbose)
 
 
 _register()

@@ -15,6 +15,7 @@ from typing import Any
 
 from vmdisk.instances import Instance
 from vmdisk.model import BlockSource, DiskRole, DiskSource, FileSource, NetworkSource
+from vmdisk.netspec import Interface
 from vmdisk.record import DiskEntry, InstanceRecord
 
 METADATA_NS = "https://github.com/vmdisk/vmdisk/xmlns/instance/1.0"
@@ -32,13 +33,6 @@ class DiskDevice:
     cache: str = "none"
     io: str | None = None
     readonly: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Interface:
-    kind: str  # "user" or "bridge"
-    bridge: str | None = None
-    model: str = "virtio"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,17 +159,6 @@ def _interface(devices: ET.Element, iface: Interface) -> None:
     else:
         el = _sub(devices, "interface", type_="user")
     _sub(el, "model", type_=iface.model)
-
-
-def parse_network(setting: str) -> Interface | None:
-    """`[libvirt] network`: "none", "user", or "bridge:NAME"."""
-    if setting in ("", "none"):
-        return None
-    if setting == "user":
-        return Interface("user")
-    if setting.startswith("bridge:") and len(setting) > len("bridge:"):
-        return Interface("bridge", setting.split(":", 1)[1])
-    raise ValueError(f"network {setting!r} must be none, user or bridge:NAME")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,28 +1,41 @@
 """librados/librbd through their Python bindings (Debian's python3-rados/python3-rbd).
 
 A small typed surface over the bindings: connect, list, create, write, snapshot, clone,
-resize, remove. Nothing here parses `rbd` command output.
+resize, rename, remove. Nothing here parses `rbd` command output. The bindings' exceptions end
+here: every call is wrapped by `translated`, which turns them, by librados' errno, into the
+error tree (CephError and kin, naming pool and image), so no caller imports rados or rbd.
 """
 
 from __future__ import annotations
 
 import configparser
 import contextlib
+import errno as E
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from vmdisk.errors import BackendError, ToolNotFound
+from vmdisk.errors import (
+    CephError,
+    CephUnavailable,
+    InsufficientSpace,
+    PoolNotFound,
+    RbdImageNotFound,
+    ToolNotFound,
+)
 from vmdisk.fsutil import data_extents
 
 CHUNK = 4 * 1024 * 1024
+_UNAVAILABLE = frozenset({E.ETIMEDOUT, E.ESHUTDOWN, E.ENOTCONN, E.ECONNREFUSED, E.EINTR})
+_DENIED = frozenset({E.EACCES, E.EPERM})
+_NO_SPACE = frozenset({E.ENOSPC, E.EDQUOT})
+_BUSY = frozenset({E.EBUSY, E.ENOTEMPTY})
 
 
-def _bindings() -> tuple[ModuleType, ModuleType]:
+def _bindings() -> tuple[Any, Any]:
     try:
         import rados
         import rbd
@@ -34,6 +47,53 @@ def _bindings() -> tuple[ModuleType, ModuleType]:
             reason="tool-not-found",
         ) from exc
     return rados, rbd
+
+
+def translate(
+    exc: BaseException, what: str, *, pool: str | None = None, image: str | None = None
+) -> CephError | InsufficientSpace:
+    """A rados/rbd exception as our error, by its errno (every binding error carries one).
+
+    `what` is the operation in the infinitive ("clone", "open"), for "cannot clone vms/x: ...".
+    """
+    code = getattr(exc, "errno", None)
+    spec = "/".join(p for p in (pool, image) if p) or "the cluster"
+    detail = f"cannot {what} {spec}: {exc}"
+    if code in _NO_SPACE:
+        return InsufficientSpace(f"{detail} (the pool is full or over quota)", reason="no-space")
+    cls, message, reason, hint = CephError, detail, "ceph-error", None
+    if code == E.ENOENT and image is not None:
+        cls, reason = RbdImageNotFound, "rbd-image-not-found"
+        message = f"RBD image {spec} does not exist (while trying to {what} it)"
+    elif code == E.ENOENT and pool is not None:
+        cls, reason = PoolNotFound, "pool-not-found"
+        message = f"Ceph pool {pool!r} does not exist"
+        hint = f"ceph osd pool create {pool} && rbd pool init {pool}"
+    elif code in _UNAVAILABLE:
+        cls, reason = CephUnavailable, "ceph-unavailable"
+    elif code in _DENIED:
+        reason = "permission-denied"
+        hint = "check the cephx capabilities of [libvirt] rbd_user on this pool"
+    elif code == E.EEXIST:
+        reason = "rbd-image-exists"
+    elif code in _BUSY:
+        reason = "rbd-image-busy"
+    return cls(message, pool=pool, image=image, errno=code, hint=hint, reason=reason)
+
+
+@contextlib.contextmanager
+def translated(
+    errors: tuple[type[BaseException], ...],
+    what: str,
+    *,
+    pool: str | None = None,
+    image: str | None = None,
+) -> Iterator[None]:
+    """Raise `translate(exc)` for any of the bindings' `errors` raised inside the block."""
+    try:
+        yield
+    except errors as exc:
+        raise translate(exc, what, pool=pool, image=image) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,52 +139,73 @@ def parse_mon_host(raw: str) -> tuple[tuple[str, int], ...]:
 
 
 class Cluster:
-    """One connection to a Ceph cluster; use as a context manager."""
+    """One connection to a Ceph cluster; use as a context manager.
 
-    def __init__(self, conf: Path | None, user: str | None, timeout: int = 20) -> None:
+    `bindings` is (rados, rbd); tests hand in fakes, everyone else the real modules.
+    """
+
+    def __init__(
+        self,
+        conf: Path | None,
+        user: str | None,
+        timeout: int = 20,
+        *,
+        bindings: tuple[Any, Any] | None = None,
+    ) -> None:
         self.conf = conf
         self.user = user
         self.timeout = timeout
+        self._bindings = bindings
         self._rados: Any = None
 
+    @property
+    def bindings(self) -> tuple[Any, Any]:
+        if self._bindings is None:
+            self._bindings = _bindings()
+        return self._bindings
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The bindings' base exceptions: what `translated` catches."""
+        rados, rbd = self.bindings
+        return (rados.Error, rbd.Error)
+
     def __enter__(self) -> Cluster:
-        rados, _ = _bindings()
+        rados, _ = self.bindings
         kwargs: dict[str, Any] = {"conffile": str(self.conf) if self.conf else ""}
         if self.user:
             kwargs["rados_id"] = self.user
-        cluster = rados.Rados(**kwargs)
-        cluster.conf_set("client_mount_timeout", str(self.timeout))
-        cluster.conf_set("rados_mon_op_timeout", str(self.timeout))
-        cluster.conf_set("rados_osd_op_timeout", str(self.timeout))
+        with translated(self.errors, "configure a connection to"):
+            cluster = rados.Rados(**kwargs)
+            cluster.conf_set("client_mount_timeout", str(self.timeout))
+            cluster.conf_set("rados_mon_op_timeout", str(self.timeout))
+            cluster.conf_set("rados_osd_op_timeout", str(self.timeout))
         try:
             cluster.connect(timeout=self.timeout)
-        except rados.Error as exc:
-            raise BackendError(
-                f"cannot connect to Ceph ({self.conf}): {exc}", reason="ceph-unavailable"
+        except self.errors as exc:
+            raise CephUnavailable(
+                f"cannot connect to Ceph ({self.conf}): {exc}",
+                reason="ceph-unavailable",
+                errno=getattr(exc, "errno", None),
             ) from exc
         self._rados = cluster
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._rados is not None:
-            self._rados.shutdown()
+            with translated(self.errors, "disconnect from"):
+                self._rados.shutdown()
             self._rados = None
 
     @property
     def fsid(self) -> str:
-        return str(self._rados.get_fsid())
+        with translated(self.errors, "read the fsid of"):
+            return str(self._rados.get_fsid())
 
     @contextlib.contextmanager
     def pool(self, name: str) -> Iterator[Any]:
-        rados, _ = _bindings()
-        try:
+        with translated(self.errors, "open", pool=name):
             ioctx = self._rados.open_ioctx(name)
-        except rados.ObjectNotFound as exc:
-            raise BackendError(
-                f"Ceph pool {name!r} does not exist",
-                reason="pool-not-found",
-                hint=f"ceph osd pool create {name} && rbd pool init {name}",
-            ) from exc
         try:
             yield ioctx
         finally:
@@ -132,26 +213,31 @@ class Cluster:
 
 
 class Pool:
-    """RBD operations in one pool."""
+    """RBD operations in one pool; every failure leaves as a CephError naming pool and image."""
 
     def __init__(self, cluster: Cluster, ioctx: Any, name: str) -> None:
         self.cluster = cluster
         self.ioctx = ioctx
         self.name = name
-        _, self._rbd = _bindings()
+        _, self._rbd = cluster.bindings
+
+    def _on(self, what: str, image: str | None = None) -> contextlib.AbstractContextManager[None]:
+        return translated(self.cluster.errors, what, pool=self.name, image=image)
 
     def exists(self, image: str) -> bool:
-        try:
-            with self._rbd.Image(self.ioctx, image, read_only=True):
-                return True
-        except self._rbd.ImageNotFound:
-            return False
+        with self._on("open", image):
+            try:
+                with self._rbd.Image(self.ioctx, image, read_only=True):
+                    return True
+            except self._rbd.ImageNotFound:
+                return False
 
     def names(self) -> list[str]:
-        return list(self._rbd.RBD().list(self.ioctx))
+        with self._on("list"):
+            return list(self._rbd.RBD().list(self.ioctx))
 
     def info(self, image: str) -> RbdImageInfo:
-        with self._rbd.Image(self.ioctx, image, read_only=True) as img:
+        with self._on("describe", image), self._rbd.Image(self.ioctx, image, read_only=True) as img:
             try:
                 parent = img.get_parent_image_spec()
                 spec = f"{parent['pool_name']}/{parent['image_name']}@{parent['snap_name']}"
@@ -160,13 +246,18 @@ class Pool:
             return RbdImageInfo(self.name, image, img.size(), spec)
 
     def create(self, image: str, size: int) -> None:
-        self._rbd.RBD().create(
-            self.ioctx, image, size, old_format=False, features=self._rbd.RBD_FEATURE_LAYERING
-        )
+        with self._on("create", image):
+            self._rbd.RBD().create(
+                self.ioctx, image, size, old_format=False, features=self._rbd.RBD_FEATURE_LAYERING
+            )
 
     def write_file(self, image: str, source: Path) -> None:
         """Copy a local raw file's data extents into an image (holes stay unallocated)."""
-        with open(source, "rb") as fh, self._rbd.Image(self.ioctx, image) as img:
+        with (
+            self._on("write", image),
+            open(source, "rb") as fh,
+            self._rbd.Image(self.ioctx, image) as img,
+        ):
             fd = fh.fileno()
             size = os.fstat(fd).st_size
             for start, end in data_extents(fd, 0, size):
@@ -180,26 +271,50 @@ class Pool:
             img.flush()
 
     def snapshot_protected(self, image: str, snap: str) -> None:
-        with self._rbd.Image(self.ioctx, image) as img:
+        with self._on("snapshot", image), self._rbd.Image(self.ioctx, image) as img:
             img.create_snap(snap)
             img.protect_snap(snap)
 
     def clone_from(self, parent_ioctx: Any, parent: str, snap: str, child: str) -> None:
-        self._rbd.RBD().clone(
-            parent_ioctx, parent, snap, self.ioctx, child, features=self._rbd.RBD_FEATURE_LAYERING
-        )
+        """Clone `parent@snap` (in `parent_ioctx`'s pool) as `child` here.
+
+        A missing parent reads as the parent's ENOENT; the error names the child's pool.
+        """
+        with self._on(f"clone {parent}@{snap} as", child):
+            self._rbd.RBD().clone(
+                parent_ioctx,
+                parent,
+                snap,
+                self.ioctx,
+                child,
+                features=self._rbd.RBD_FEATURE_LAYERING,
+            )
 
     def resize(self, image: str, size: int) -> None:
-        with self._rbd.Image(self.ioctx, image) as img:
+        with self._on("resize", image), self._rbd.Image(self.ioctx, image) as img:
             if size > img.size():
                 img.resize(size)
 
+    def rename(self, image: str, new_name: str) -> None:
+        with self._on(f"rename to {new_name}", image):
+            self._rbd.RBD().rename(self.ioctx, image, new_name)
+
     def remove(self, image: str) -> None:
-        with contextlib.suppress(self._rbd.ImageNotFound):
+        """Remove an image; one already gone is not an error."""
+        with self._on("remove", image), contextlib.suppress(self._rbd.ImageNotFound):
             self._rbd.RBD().remove(self.ioctx, image)
 
+    def remove_with_snaps(self, image: str) -> None:
+        """Unprotect and remove every snapshot, then the image (a half-imported base)."""
+        with self._on("remove the snapshots of", image), self._rbd.Image(self.ioctx, image) as img:
+            for snap in list(img.list_snaps()):
+                if img.is_protected_snap(snap["name"]):
+                    img.unprotect_snap(snap["name"])
+                img.remove_snap(snap["name"])
+        self.remove(image)
+
     def read(self, image: str, offset: int, length: int) -> bytes:
-        with self._rbd.Image(self.ioctx, image, read_only=True) as img:
+        with self._on("read", image), self._rbd.Image(self.ioctx, image, read_only=True) as img:
             return bytes(img.read(offset, length))
 
 
