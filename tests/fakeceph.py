@@ -60,6 +60,17 @@ class RbdIOError(RbdError):
     """The fake `rbd.IOError`."""
 
 
+# The bindings' own class names, for code or messages that go by type(exc).__name__.
+for _cls, _module, _real in (
+    (RadosError, "rados", "Error"),
+    (RadosObjectNotFound, "rados", "ObjectNotFound"),
+    (RbdError, "rbd", "Error"),
+    (RbdIOError, "rbd", "IOError"),
+):
+    _cls.__name__ = _cls.__qualname__ = _real
+    _cls.__module__ = _module
+
+
 @dataclass
 class FakeImage:
     """One image's state: sparse data as written extents, snapshots, its parent spec."""
