@@ -12,6 +12,7 @@ under test imports the bindings lazily, so it then gets this fake.
 
 from __future__ import annotations
 
+import errno as E
 import functools
 import types
 from dataclasses import dataclass, field
@@ -21,43 +22,51 @@ RBD_FEATURE_LAYERING = 1
 
 
 class RadosError(Exception):
-    """The fake `rados.Error`."""
+    """The fake `rados.Error`. Like the real bindings' errors, each carries an errno."""
+
+    errno: int | None = None
 
 
 class RadosObjectNotFound(RadosError):
     """The fake `rados.ObjectNotFound` (e.g. a missing pool)."""
 
+    errno = E.ENOENT
+
 
 class RbdError(Exception):
     """The fake `rbd.Error`."""
 
+    errno: int | None = None
+
 
 class ImageNotFound(RbdError):
-    pass
+    errno = E.ENOENT
 
 
 class ImageExists(RbdError):
-    pass
+    errno = E.EEXIST
 
 
 class ImageBusy(RbdError):
-    pass
+    errno = E.EBUSY
 
 
 class ImageHasSnapshots(RbdError):
-    pass
+    errno = E.ENOTEMPTY
 
 
 class InvalidArgument(RbdError):
-    pass
+    errno = E.EINVAL
 
 
 class ReadOnlyImage(RbdError):
-    pass
+    errno = E.EROFS
 
 
 class RbdIOError(RbdError):
     """The fake `rbd.IOError`."""
+
+    errno = E.EIO
 
 
 # The bindings' own class names, for code or messages that go by type(exc).__name__.

@@ -17,13 +17,14 @@ import pytest
 
 from tests.fakeceph import FakeCeph, FakeImage
 from tests.fakes import FakeRunner
+from tests.unit.provisioning import image
 from vmdisk.backends import BackendDeps
 from vmdisk.backends.rbd import BASE_PREFIX, RbdBackend
 from vmdisk.errors import BackendError, NotSupported
 from vmdisk.fsutil import ensure_real_dir
 from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import BaseRecord, cache_name, write_record
-from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest
+from vmdisk.imagecache.store import CachedImage, ImageCache
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.instances import InstanceStore, read_record
 from vmdisk.libvirt.domain import HostFacts
@@ -171,7 +172,7 @@ def test_a_failed_import_leaves_no_base(
 ) -> None:
     base = _base(rbd_settings)
     ceph.fail_writes = True
-    with pytest.raises(ceph.rbd.IOError):
+    with pytest.raises(BackendError):
         backend.ensure_disk(_disk(), tmp_path / "disk", base)
     assert not [n for n in ceph.pools["vms"] if n.startswith(BASE_PREFIX)]
     ceph.fail_writes = False
@@ -322,7 +323,7 @@ def test_provisioner_publishes_an_instance_on_rbd(ceph: FakeCeph, rbd_settings: 
     )
     plan = plan_disks(spec, rbd_settings, IMAGE_ID)
     assert plan.backend is BackendName.RBD
-    inst = prov.create(plan, ImageRequest(IMAGE_ID, image_id=IMAGE_ID))
+    inst = prov.create(plan, image())
     record = read_record(inst.path)
     assert [d.name for d in record.disks] == ["disk", "disk.local", "disk.swap", "disk.config"]
     assert all(isinstance(d.source, NetworkSource) for d in record.disks)
