@@ -15,7 +15,6 @@ from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
 from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.registry import SourceRegistry
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
@@ -25,6 +24,7 @@ from vmdisk.instances import Instance, InstanceStore
 from vmdisk.inventory import CacheListing
 from vmdisk.libvirt import probe
 from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain
+from vmdisk.locks import Locks
 from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
 from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress

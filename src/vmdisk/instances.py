@@ -20,7 +20,7 @@ from pathlib import Path
 from vmdisk import diskinfo
 from vmdisk.errors import InstanceExists, InstanceNotFound, InvalidRequest, VmdiskError
 from vmdisk.fsutil import ensure_real_dir, fsync_dir, write_atomic
-from vmdisk.imagecache.locks import Locks
+from vmdisk.locks import Locks
 from vmdisk.model import NAME_RE
 from vmdisk.record import InstanceRecord, decode
 

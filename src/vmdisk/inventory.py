@@ -27,9 +27,9 @@ from vmdisk.imagecache.cleaner import (
     register_host,
 )
 from vmdisk.imagecache.entries import EntryKind, scan
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import read_record
 from vmdisk.instances import Instance, InstanceStore
+from vmdisk.locks import Locks
 from vmdisk.model import FileSource
 from vmdisk.tools.headers import QCOW_MAGIC, qcow2_backing_file
 

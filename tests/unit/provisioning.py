@@ -16,13 +16,13 @@ from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend
 from vmdisk.backends.base import FileBackend
 from vmdisk.errors import BackendError
 from vmdisk.fsutil import ensure_real_dir
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import BaseRecord, cache_name, write_record
 from vmdisk.imagecache.registry import resolved
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.instances import InstanceStore
 from vmdisk.libvirt.domain import HostFacts
+from vmdisk.locks import Locks
 from vmdisk.model import BackendName, DiskPlan
 from vmdisk.provision import Provisioner
 from vmdisk.settings import Settings

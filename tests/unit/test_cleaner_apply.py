@@ -20,7 +20,7 @@ from vmdisk.imagecache.cleaner import (
     register_host,
 )
 from vmdisk.imagecache.entries import Entry, classify
-from vmdisk.imagecache.locks import Locks
+from vmdisk.locks import Locks
 
 SHA = hashlib.sha1(b"old").hexdigest()
 SHA2 = hashlib.sha1(b"new").hexdigest()

@@ -12,10 +12,10 @@ from tests.fakes import FakeRunner
 from vmdisk.backends import BackendDeps, open_backend
 from vmdisk.backends.qcow2 import ensure_legacy_backing
 from vmdisk.errors import DiskMissing, NotSupported
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import BaseRecord
 from vmdisk.imagecache.store import CachedImage
 from vmdisk.imagecache.templates import TemplateCache
+from vmdisk.locks import Locks
 from vmdisk.model import (
     BackendName,
     DiskPlan,

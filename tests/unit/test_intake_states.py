@@ -16,12 +16,12 @@ import pytest
 
 from tests.fakes import FakeRunner, FakeSource
 from vmdisk.errors import ChecksumMismatch, ImageFetchError, InvalidRequest, UnsafeImage
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import Checksum, read_record
 from vmdisk.imagecache.registry import SourceRegistry, resolved
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
 from vmdisk.imagecache.sources import ImageSource, Opened, SourceFacts, TransientFetchError
 from vmdisk.imagecache.store import ImageCache
+from vmdisk.locks import Locks
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import CommandResult, Limits
 

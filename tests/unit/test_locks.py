@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vmdisk.errors import LockTimeout
-from vmdisk.imagecache.locks import Locks
+from vmdisk.locks import Locks
 
 
 def test_lock_files_are_named_like_novas(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from tests.fakelvm import FakeLvm2
 from vmdisk.backends import BackendDeps, open_backend
 from vmdisk.backends.lvm import LvmBackend, volume_name
 from vmdisk.errors import DiskMissing, SettingsError
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import BaseRecord
 from vmdisk.imagecache.store import CachedImage
 from vmdisk.imagecache.templates import TemplateCache
+from vmdisk.locks import Locks
 from vmdisk.model import BackendName, BlockSource, DiskPlan, DiskRole, FileSource
 from vmdisk.record import DiskEntry
 from vmdisk.settings import Settings, load_settings

@@ -22,12 +22,12 @@ from vmdisk.backends import BackendDeps
 from vmdisk.backends.rbd import BASE_PREFIX, RbdBackend
 from vmdisk.errors import BackendError, NotSupported
 from vmdisk.fsutil import ensure_real_dir
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import BaseRecord, cache_name, write_record
 from vmdisk.imagecache.store import CachedImage, ImageCache
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.instances import InstanceStore, read_record
 from vmdisk.libvirt.domain import HostFacts
+from vmdisk.locks import Locks
 from vmdisk.model import (
     BackendName,
     ConfigDriveSpec,

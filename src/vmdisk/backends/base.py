@@ -17,9 +17,9 @@ from typing import ClassVar
 
 from vmdisk.errors import BackendError, DiskMissing, FlavorDiskSmallerThanImage, NotSupported
 from vmdisk.fsutil import open_exclusive
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.store import CachedImage
 from vmdisk.imagecache.templates import TemplateCache
+from vmdisk.locks import Locks
 from vmdisk.model import (
     BackendName,
     BlockSource,

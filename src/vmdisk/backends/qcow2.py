@@ -6,8 +6,8 @@ from pathlib import Path
 
 from vmdisk.backends.base import FileBackend, local_path
 from vmdisk.fsutil import copy_sparse, removing_on_error, temp_name
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.store import CachedImage
+from vmdisk.locks import Locks
 from vmdisk.model import BackendName, DiskPlan
 from vmdisk.record import DiskEntry
 from vmdisk.tools.headers import read_facts

@@ -29,8 +29,8 @@ from typing import Any
 from vmdisk.errors import VmdiskError
 from vmdisk.fsutil import touch
 from vmdisk.imagecache.entries import Entry, EntryKind
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import RECORD_SUFFIX
+from vmdisk.locks import Locks
 
 HOST_WINDOW = 24 * 3600
 

@@ -18,9 +18,9 @@ from vmdisk.fsutil import ensure_real_dir, regular_file_or_none, touch
 from vmdisk.imagecache import inspect
 from vmdisk.imagecache.inspect import confirm_with_qemu
 from vmdisk.imagecache.intake import MAX_RESUMES, Intake, hash_sparse_file
-from vmdisk.imagecache.locks import Locks
 from vmdisk.imagecache.records import BaseRecord, read_record
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
+from vmdisk.locks import Locks
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Limits

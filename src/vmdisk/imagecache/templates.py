@@ -19,7 +19,7 @@ from vmdisk.fsutil import (
     temp_name,
     touch,
 )
-from vmdisk.imagecache.locks import Locks
+from vmdisk.locks import Locks
 
 
 class TemplateCache:
