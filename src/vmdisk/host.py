@@ -15,6 +15,7 @@ from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
 from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
+from vmdisk.imagecache.intake import Intake
 from vmdisk.imagecache.registry import SourceRegistry
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
@@ -50,14 +51,14 @@ class Host:
         self.limits = Limits(lib.images_address_space_limit, lib.images_cpu_time_limit)
         self.qemu = QemuImg(self.runner, self.limits)
         self.locks = Locks(settings.locks_dir)
-        self.cache = ImageCache(
+        intake = Intake(
             settings.base_dir,
-            self.locks,
             self.qemu,
             force_raw=settings.force_raw_images,
             max_virtual_size=settings.image_cache.max_virtual_size,
             progress=self.progress,
         )
+        self.cache = ImageCache(settings.base_dir, self.locks, self.qemu, intake=intake)
         self.sources = SourceRegistry.from_settings(settings)
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})

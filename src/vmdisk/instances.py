@@ -142,7 +142,7 @@ class InstanceStore:
         if not NAME_RE.fullmatch(name):
             raise InvalidRequest(f"invalid instance name {name!r}", reason="bad-name")
         if (self.root / uuid).exists() or (self.root / f"{BUILDING}{uuid}").exists():
-            self.reap()
+            self._reap_directories()  # NAMES_LOCK is held here: names are reaped by prune
             if (self.root / uuid).exists() or (self.root / f"{BUILDING}{uuid}").exists():
                 raise InstanceExists(f"uuid {uuid} is already used", reason="exists")
         names = self.root / NAMES_DIR

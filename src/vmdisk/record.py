@@ -244,62 +244,51 @@ _V1_ROLES = {
 
 
 def _decode_v1(data: dict[str, Any], directory: Path, formats: Mapping[str, str]) -> InstanceRecord:
-    """Version 1 kept disks as dicts (RBD ones with "rbd": "pool/image") and rescue disks
-    only in disk.info; monitors were not recorded, so v1 RBD sources carry no hosts."""
-    disks = tuple(_v1_disk(d, directory) for d in data["disks"])
+    return _decode_v2(_upgrade_v1(data, directory, formats))
+
+
+def _upgrade_v1(
+    data: dict[str, Any], directory: Path, formats: Mapping[str, str]
+) -> dict[str, Any]:
+    """A version-1 record in version 2's shape. Version 1 kept disks as dicts (RBD ones with
+    "rbd": "pool/image") and rescue disks only in disk.info; monitors were not recorded, so
+    v1 RBD sources carry no hosts."""
+    out = {
+        **data,
+        "os_type": data.get("os_type", "linux"),
+        "created_at": data.get("created_at", ""),
+    }
+    out["disks"] = [_v1_disk(d, directory) for d in data["disks"]]
+    out["preallocate"] = bool(data.get("extra", {}).get("preallocate", False))
+    for key in ("kernel", "ramdisk"):
+        boot = data.get(key)
+        out[key] = {"image_id": boot["id"], "base": boot.get("base")} if boot else None
     rescue = data.get("rescue")
-    state = None
     if rescue:
-        extra = tuple(
-            DiskEntry(name, role, formats[str(directory / name)], FileSource(directory / name))
-            for name, role in _V1_ROLES.items()
-            if str(directory / name) in formats
-        )
-        state = RescueState(
-            image_id=rescue.get("image_id", ""),
-            base=rescue.get("base", ""),
-            format=rescue.get("format", "raw"),
-            disks=extra,
-            bases=tuple(rescue.get("bases", ())),
-        )
-    boot = {k: data.get(k) for k in ("kernel", "ramdisk")}
-    return InstanceRecord(
-        name=data["name"],
-        uuid=data["uuid"],
-        backend=BackendName(data["backend"]),
-        flavor=_flavor(data["flavor"]),
-        image_id=data["image_id"],
-        image_base=data["image_base"],
-        os_type=OsType(data.get("os_type", "linux")),
-        disks=disks,
-        created_at=data.get("created_at", ""),
-        config_drive=DriveInfo(**data["config_drive"]) if data.get("config_drive") else None,
-        rescue=state,
-        kernel=BootFile(boot["kernel"]["id"], boot["kernel"].get("base"))
-        if boot["kernel"]
-        else None,
-        ramdisk=BootFile(boot["ramdisk"]["id"], boot["ramdisk"].get("base"))
-        if boot["ramdisk"]
-        else None,
-        cmdline=data.get("cmdline"),
-        image_source=data.get("image_source", ""),
-        host=data.get("host", ""),
-        preallocate=bool(data.get("extra", {}).get("preallocate", False)),
-    )
+        out["rescue"] = {
+            "image_id": rescue.get("image_id", ""),
+            "base": rescue.get("base", ""),
+            "format": rescue.get("format", "raw"),
+            "bases": rescue.get("bases", []),
+            "disks": [
+                _encode_disk(
+                    DiskEntry(
+                        name, role, formats[str(directory / name)], FileSource(directory / name)
+                    )
+                )
+                for name, role in _V1_ROLES.items()
+                if str(directory / name) in formats
+            ],
+        }
+    return out
 
 
-def _v1_disk(data: dict[str, Any], directory: Path) -> DiskEntry:
-    name = data["name"]
-    source: DiskSource = (
-        NetworkSource("rbd", data["rbd"]) if data.get("rbd") else FileSource(directory / name)
-    )
-    return DiskEntry(
-        name=name,
-        role=DiskRole(data.get("role", "root")),
-        format="raw" if data.get("rbd") else data.get("format", "raw"),
-        source=source,
-        size=data.get("size"),
-        base=data.get("base"),
-        label=data.get("label"),
-        fs=data.get("fs"),
-    )
+def _v1_disk(data: dict[str, Any], directory: Path) -> dict[str, Any]:
+    rbd = data.get("rbd")
+    source: DiskSource = NetworkSource("rbd", rbd) if rbd else FileSource(directory / data["name"])
+    return {
+        **data,
+        "role": data.get("role", "root"),
+        "format": "raw" if rbd else data.get("format", "raw"),
+        "source": _encode_source(source),
+    }

@@ -21,9 +21,7 @@ from vmdisk.imagecache.intake import MAX_RESUMES, Intake, hash_sparse_file
 from vmdisk.imagecache.records import BaseRecord, read_record
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
 from vmdisk.locks import Locks
-from vmdisk.progress import NoProgress, Progress
 from vmdisk.tools.qemu_img import QemuImg
-from vmdisk.tools.runner import Limits
 
 # Re-exported: callers (and other branches) import these from here.
 __all__ = [
@@ -61,31 +59,13 @@ class ImageCache:
     """One host's `_base` directory."""
 
     def __init__(
-        self,
-        base_dir: Path,
-        locks: Locks,
-        qemu: QemuImg,
-        *,
-        force_raw: bool = True,
-        max_virtual_size: int | None = None,
-        convert_limits: Limits | None = None,
-        progress: Progress | None = None,
+        self, base_dir: Path, locks: Locks, qemu: QemuImg, *, intake: Intake | None = None
     ) -> None:
+        """`intake` fetches what is missing; by default one with Nova's defaults."""
         self.base_dir = base_dir
         self.locks = locks
         self.qemu = qemu
-        self.force_raw = force_raw
-        self.max_virtual_size = max_virtual_size
-        self.convert_limits = convert_limits or qemu.limits
-        self.progress = progress or NoProgress()
-        self.intake = Intake(
-            base_dir,
-            qemu,
-            force_raw=force_raw,
-            max_virtual_size=max_virtual_size,
-            convert_limits=self.convert_limits,
-            progress=self.progress,
-        )
+        self.intake = intake or Intake(base_dir, qemu)
 
     def identify(self, image: ResolvedImage) -> tuple[str, str]:
         """(image id, cache file name) of a resolved image, without touching anything."""
