@@ -179,7 +179,7 @@ def test_cli_rescue_with_kernel_and_ramdisk(host: Host, guest: Guest, image: Pat
     formats = json.loads((inst.path / "disk.info").read_text())
     assert formats[str(kernel)] == "raw" and formats[str(ramdisk)] == "raw"
     assert inst.record.rescue is not None
-    assert cache_name("rescue-kernel") in inst.record.rescue["bases"]
+    assert cache_name("rescue-kernel") in inst.record.rescue.bases
     xml = json.loads(run(*vmdisk_argv(instances, "xml", "cli", "--rescue")).stdout)["xml"]
     assert f"<kernel>{kernel}</kernel>" in xml and f"<initrd>{ramdisk}</initrd>" in xml
     assert xml == (inst.path / "libvirt.xml").read_text()
