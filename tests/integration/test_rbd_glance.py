@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import subprocess
+import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,8 +53,19 @@ def root_image(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rbd_image(glance: GlanceServer, root_image: Path) -> str:
-    return glance.upload(root_image, "raw", "ceph")
+def rbd_image(glance: GlanceServer, root_image: Path, ceph: Ceph) -> str:
+    """A raw image in Glance's rbd store; its rbd:// location must name this cluster's fsid
+    (the precondition of every clone test: a miss here is the fixture's, not vmdisk's)."""
+    image_id = glance.upload(root_image, "raw", "ceph")
+    deadline = time.monotonic() + 30
+    while True:
+        url = str(glance.image(image_id).get("direct_url") or "")
+        if url.startswith("rbd://") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    fsid = ceph.run("ceph", "fsid").strip()
+    assert url.startswith(f"rbd://{fsid}/"), f"Glance keeps {image_id} at {url!r}, not in {fsid}"
+    return image_id
 
 
 @pytest.fixture(scope="module")
