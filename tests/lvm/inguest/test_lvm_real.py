@@ -1,0 +1,151 @@
+"""Runs INSIDE the Debian test guest (tests/lvm/test_lvm_tier.py puts it there): vmdisk's LVM
+backend against real lvm2 and device-mapper, on the volume group $VMDISK_TEST_VG (with a thin
+pool "pool") that the harness made on an extra virtio disk. Checked with lvs, blkid, cmp."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from vmdisk.backends.lvm import BASE_PREFIX, LvmBackend
+from vmdisk.host import Host
+from vmdisk.imagecache.store import ImageRequest
+from vmdisk.model import BlockSource, InstanceSpec
+from vmdisk.settings import Flavor, Settings, load_settings
+
+VG = os.environ.get("VMDISK_TEST_VG", "vg0")
+FLAVOR = Flavor("lvm.t", 1, 256, 1, ephemeral_gb=1, swap_mb=64)
+MiB = 1 << 20
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def lvs() -> dict[str, dict[str, str]]:
+    out = sh("lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
+             "-o", "lv_name,lv_size,origin,data_percent,pool_lv", VG)  # fmt: skip
+    return {r["lv_name"]: r for r in json.loads(out)["report"][0]["lv"]}
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("img")
+    (d / "tree").mkdir()
+    (d / "tree" / "marker.txt").write_text("lvm-root-marker\n")
+    raw = d / "root.raw"
+    sh("truncate", "-s", str(48 * MiB), str(raw))
+    sh("mkfs.ext4", "-q", "-F", "-d", str(d / "tree"), str(raw))
+    return raw
+
+
+def host(tmp_path: Path, **libvirt: object) -> Host:
+    settings = load_settings(None, env={}, overrides={"instances_path": str(tmp_path / "i")})
+    lib = dataclasses.replace(
+        settings.libvirt, images_type="lvm", images_volume_group=VG, virt_type="qemu", **libvirt
+    )  # type: ignore[arg-type]
+    return Host(dataclasses.replace(settings, libvirt=lib))
+
+
+def spec(name: str) -> InstanceSpec:
+    return InstanceSpec(name, str(uuid.uuid4()), FLAVOR)
+
+
+def device(inst_uuid: str, disk: str) -> Path:
+    return Path("/dev") / VG / f"{inst_uuid}_{disk}"
+
+
+def test_thick_instance_disks_are_volumes(tmp_path: Path, image: Path) -> None:
+    h = host(tmp_path)
+    inst = h.create_instance(spec("thick"), ImageRequest(str(image)))
+    u = inst.record.uuid
+    root = device(u, "disk")
+    assert inst.record.disks[0].source == BlockSource(root)
+    assert int(lvs()[root.name]["lv_size"]) == 1 << 30
+    sh("cmp", "-n", str(image.stat().st_size), str(image), str(root))  # content equals the image
+    tail = subprocess.run(["cmp", "-n", str(1 << 30), str(root), "/dev/zero"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert f"byte {image.stat().st_size + 1}" not in tail.stdout  # holes were written as zeros
+    assert sh("blkid", "-o", "value", "-s", "LABEL", str(device(u, "disk.local"))) == "ephemeral0"
+    assert sh("blkid", "-o", "value", "-s", "TYPE", str(device(u, "disk.swap"))) == "swap"
+    xml = (inst.path / "libvirt.xml").read_text()
+    assert f'<source dev="{root}"' in xml and 'type="block"' in xml and 'io="native"' in xml
+    h.resize_instance("thick", 2, None)
+    assert int(lvs()[root.name]["lv_size"]) == 2 << 30
+    h.delete_instance("thick")
+    assert not [n for n in lvs() if n.startswith(u)]
+
+
+def test_volume_clear_zero_really_zeroes(tmp_path: Path, image: Path) -> None:
+    h = host(tmp_path, volume_clear="zero")
+    inst = h.create_instance(spec("clear"), ImageRequest(str(image)))
+    eph = device(inst.record.uuid, "disk.local")
+    with open(eph, "r+b") as fh:
+        fh.write(b"\x5a" * MiB)
+        os.fsync(fh.fileno())
+    with h.provisioner.backend(inst.record.backend) as backend:
+        assert isinstance(backend, LvmBackend)
+        lv = backend.lvm.volume(VG, eph.name)
+        assert lv is not None
+        backend.clear(lv)
+    with open(eph, "rb") as fh:
+        assert fh.read(MiB) == bytes(MiB)  # read back before lvremove
+    h.delete_instance("clear")
+
+
+def test_thin_roots_are_linked_clones_of_one_base(tmp_path: Path, image: Path) -> None:
+    h = host(tmp_path, images_thin_pool="pool")
+    a = h.create_instance(spec("thin-a"), ImageRequest(str(image)))
+    b = h.create_instance(spec("thin-b"), ImageRequest(str(image)))
+    base = f"{BASE_PREFIX}{a.record.image_base}"
+    volumes = lvs()
+    for inst in (a, b):
+        root = volumes[f"{inst.record.uuid}_disk"]
+        assert root["origin"] == base and root["pool_lv"] == "pool"
+        assert float(root["data_percent"] or 0) < 5.0  # shares the base's blocks
+        sh("cmp", "-n", str(image.stat().st_size), str(image), str(device(inst.record.uuid, "disk")))
+    with h.provisioner.backend(a.record.backend) as backend:
+        assert isinstance(backend, LvmBackend)
+        assert backend.remove_unused_bases(set()) == []  # it has snapshots: kept
+        h.delete_instance("thin-a")
+        h.delete_instance("thin-b")
+        assert backend.remove_unused_bases(set()) == [base]
+    assert base not in lvs()
+
+
+def test_rescue_volume_comes_and_goes(tmp_path: Path, image: Path) -> None:
+    h = host(tmp_path)
+    inst = h.create_instance(spec("rescue"), ImageRequest(str(image)))
+    h.rescue_instance("rescue", None)
+    rescue = device(inst.record.uuid, "disk.rescue")
+    assert rescue.name in lvs()
+    assert f'<source dev="{rescue}"' in (inst.path / "libvirt.xml").read_text()
+    h.unrescue_instance("rescue")
+    assert rescue.name not in lvs()
+    h.delete_instance("rescue")
+
+
+def test_a_flavor_smaller_than_the_image_makes_no_volume(tmp_path: Path) -> None:
+    big = tmp_path / "big.raw"
+    sh("truncate", "-s", str(2 << 30), str(big))
+    sh("mkfs.ext4", "-q", "-F", str(big))
+    h = host(tmp_path)
+    before = set(lvs())
+    with pytest.raises(Exception, match="larger than the flavor"):
+        h.create_instance(spec("small"), ImageRequest(str(big)))
+    assert set(lvs()) == before
+
+
+def test_settings_refuse_lvm_without_a_volume_group(tmp_path: Path) -> None:
+    from vmdisk.errors import SettingsError
+
+    with pytest.raises(SettingsError):
+        load_settings(None, env={}, overrides={"instances_path": str(tmp_path),
+                                               "libvirt": {"images_type": "lvm"}})  # fmt: skip
+    assert isinstance(Settings, type)
