@@ -1,0 +1,105 @@
+"""The LVM tier: boot the Debian test guest under TCG with an extra virtio disk as the PV,
+install vmdisk's own wheel there, make a volume group with a thin pool, run tests/lvm/inguest
+with pytest inside, and fail unless every test passed. The host kernel has no device-mapper;
+the guest's (the host's Debian kernel, booted) does."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.guests import debian
+
+pytestmark = [pytest.mark.guest, pytest.mark.timeout(2400)]
+ROOT = Path(__file__).resolve().parents[2]
+PV_SIZE = "8G"
+
+
+def wheelhouse(cache: Path) -> Path:
+    """vmdisk's wheel and its dependencies' (and pytest's), for an offline pip in the guest;
+    the dependencies are cached by pyproject.toml's hash, vmdisk's wheel is built every run."""
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    deps = cache / f"wheels-{key}"
+    pip = [sys.executable, "-m", "pip", "-q"]
+    if not deps.is_dir():
+        tmp = cache / f"wheels-{key}.part"
+        subprocess.run([*pip, "wheel", "-w", str(tmp), str(ROOT), "pytest"], check=True)
+        for own in tmp.glob("vmdisk-*.whl"):
+            own.unlink()
+        tmp.rename(deps)
+    own = cache / "wheels-vmdisk"
+    subprocess.run(["rm", "-rf", str(own)], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(own), str(ROOT)], check=True)
+    return deps
+
+
+def _tar(paths: dict[str, Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, path in paths.items():
+            tar.add(path, arcname=name)
+    return buf.getvalue()
+
+
+def test_lvm_backend_on_real_device_mapper(tmp_path: Path) -> None:
+    timings: dict[str, float] = {}
+    start = time.monotonic()
+    image = debian.get_image()
+    cache = debian.cache_dir()
+    deps = wheelhouse(cache)
+    timings["image+wheels"] = time.monotonic() - start
+    key, public = debian.make_keypair(tmp_path)
+    seed = debian.make_seed_iso(
+        tmp_path / "seed.iso", instance_id="iid-lvm", hostname="vmdisk-lvm", ssh_public_key=public
+    )
+    pv = tmp_path / "pv.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(pv), PV_SIZE], check=True)
+    disk = debian.make_overlay(image, tmp_path / "root.qcow2", size="6G")
+    extra = ["-drive", f"file={pv},if=virtio,format=qcow2,cache=unsafe,serial=vmdisk-pv"]
+    guest = debian.boot(image, tmp_path / "vm", disk=disk, seed=seed, memory_mb=1536, cpus=2,
+                        extra=extra)  # fmt: skip
+    try:
+        timings["boot_to_ssh"] = guest.wait_for_ssh(key)
+        payload = _tar({
+            "wheels": deps,
+            "own": cache / "wheels-vmdisk",
+            "inguest": ROOT / "tests" / "lvm" / "inguest",
+        })  # fmt: skip
+        argv = ["ssh", *debian.SSH_OPTIONS, "-i", str(key), "-p", str(guest.port), "root@127.0.0.1"]
+        subprocess.run([*argv, "mkdir -p /root/t && tar -xf - -C /root/t"], input=payload,
+                       check=True, timeout=300)  # fmt: skip
+        t = time.monotonic()
+        guest.ssh(key, "python3 -m venv /root/v && /root/v/bin/pip install -q --no-index "
+                  "--find-links /root/t/wheels --find-links /root/t/own vmdisk pytest",
+                  timeout=900)  # fmt: skip
+        timings["install"] = time.monotonic() - t
+        guest.ssh(
+            key,
+            "set -e; pv=/dev/disk/by-id/virtio-vmdisk-pv; pvcreate -q $pv; "
+            "vgcreate -q vg0 $pv; lvcreate -q -y -T -L 3G vg0/pool",
+            timeout=300,
+        )
+        t = time.monotonic()
+        result = guest.ssh(
+            key,
+            "cd /root/t && VMDISK_TEST_VG=vg0 /root/v/bin/pytest -q -p no:cacheprovider "
+            "inguest 2>&1 | tee /dev/console; exit ${PIPESTATUS[0]}",
+            timeout=1500,
+            check=False,
+        )
+        timings["tests"] = time.monotonic() - t
+        print(result.stdout[-4000:])
+        assert result.returncode == 0, result.stdout[-4000:]
+        assert " passed" in result.stdout and "failed" not in result.stdout
+        guest.powerdown()
+        guest.wait_exit(timeout=180)
+    finally:
+        guest.kill()
+        print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
