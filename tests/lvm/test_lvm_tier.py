@@ -62,8 +62,8 @@ def test_lvm_backend_on_real_device_mapper(tmp_path: Path) -> None:
     pv = tmp_path / "pv.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(pv), PV_SIZE], check=True)
     disk = debian.make_overlay(image, tmp_path / "root.qcow2", size="6G")
-    extra = ["-drive", f"file={pv},if=virtio,format=qcow2,cache=unsafe,serial=vmdisk-pv"]
-    guest = debian.boot(image, tmp_path / "vm", disk=disk, seed=seed, memory_mb=1536, cpus=2,
+    extra = ["-drive", f"file={pv},if=virtio,format=qcow2,cache=unsafe"]
+    guest = debian.boot(image, tmp_path / "vm", disk=disk, seed=seed, memory_mb=1536, cpus=1,
                         extra=extra)  # fmt: skip
     try:
         timings["boot_to_ssh"] = guest.wait_for_ssh(key)
@@ -80,9 +80,11 @@ def test_lvm_backend_on_real_device_mapper(tmp_path: Path) -> None:
                   "--find-links /root/t/wheels --find-links /root/t/own vmdisk pytest",
                   timeout=900)  # fmt: skip
         timings["install"] = time.monotonic() - t
+        # The PV is the one 8 GiB disk (vda is the root, vdb the seed).
+        find_pv = "lsblk -dnbo NAME,SIZE | awk '$2 == 8589934592 {print \"/dev/\" $1}'"
         guest.ssh(
             key,
-            "set -e; pv=/dev/disk/by-id/virtio-vmdisk-pv; pvcreate -q $pv; "
+            f"set -e; pv=$({find_pv}); pvcreate -q $pv; "
             "vgcreate -q vg0 $pv; lvcreate -q -y -T -L 3G vg0/pool",
             timeout=300,
         )
