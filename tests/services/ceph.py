@@ -74,7 +74,9 @@ def _daemon(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 @contextmanager
 def ceph_cluster(directory: Path, pools: tuple[str, ...] = ("vms", "images")) -> Iterator[Ceph]:
     """Start a cluster; an OSD that does not come up (seen right after another cluster stopped:
-    it reports 'wrong fsid') gets a fresh cluster, up to three times."""
+    it reports 'wrong fsid') or a command failing while it starts (seen in CI: `ceph osd stat`
+    exiting 1 under load) gets a fresh cluster, up to three times."""
+    failures: list[str] = []
     for attempt in range(3):
         cluster = Ceph(
             directory / f"try{attempt}",
@@ -84,7 +86,8 @@ def ceph_cluster(directory: Path, pools: tuple[str, ...] = ("vms", "images")) ->
         )
         try:
             _start(cluster)
-        except _NotUp:
+        except _NotUp as exc:
+            failures.append(f"try {attempt}: {exc}")
             _stop(cluster)
             continue
         try:
@@ -95,7 +98,7 @@ def ceph_cluster(directory: Path, pools: tuple[str, ...] = ("vms", "images")) ->
         finally:
             _stop(cluster)
         return
-    raise RuntimeError("the test Ceph cluster did not come up three times")
+    raise RuntimeError("the test Ceph cluster did not come up three times: " + "; ".join(failures))
 
 
 class _NotUp(Exception):
@@ -103,6 +106,23 @@ class _NotUp(Exception):
 
 
 def _start(cluster: Ceph) -> None:
+    """Any failing or hanging command while the cluster starts means "not up", with its stderr."""
+    try:
+        _bring_up(cluster)
+    except subprocess.CalledProcessError as exc:
+        raise _NotUp(f"{' '.join(map(str, exc.cmd))}: exit {exc.returncode}: {exc.stderr}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise _NotUp(f"{' '.join(map(str, exc.cmd))}: timed out") from exc
+
+
+def _osd_up(cluster: Ceph) -> bool:
+    try:
+        return "1 up" in cluster.run("ceph", "osd", "stat", timeout=15)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return False  # the monitor may be busy electing itself; ask again
+
+
+def _bring_up(cluster: Ceph) -> None:
     d, port = cluster.directory, _free_port()
     for sub in ("run", "log", "mon", "osd/ceph-0"):
         (d / sub).mkdir(parents=True)
@@ -151,10 +171,10 @@ def _start(cluster: Ceph) -> None:
         capture_output=True,
     )
     cluster.processes.append(_daemon(["ceph-osd", "-c", c, "-i", osd_id, "-f"], d / "log/osd.out"))
-    deadline = time.monotonic() + 20
-    while "1 up" not in cluster.run("ceph", "osd", "stat"):
+    deadline = time.monotonic() + 40
+    while not _osd_up(cluster):
         if time.monotonic() > deadline:
-            raise _NotUp
+            raise _NotUp("the OSD did not report up within 40 s")
         time.sleep(0.2)
 
 
