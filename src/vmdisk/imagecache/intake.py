@@ -104,7 +104,7 @@ class _Sink:
         self.hasher.close()
 
     def rewind(self) -> None:
-        """Start again at byte 0: the source could not resume the same content (Opened.restarted)."""
+        """Start again at byte 0: the source could not resume the same content (restarted)."""
         self.hasher.close()
         self.hasher = _Hasher(self._wanted)
         self.inspector = inspect.StreamInspector()
