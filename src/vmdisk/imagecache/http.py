@@ -76,8 +76,10 @@ def parse_http_url(text: str) -> SplitResult:
         parts = urlsplit(text)
         host, _ = parts.hostname, parts.port  # both raise ValueError on a malformed netloc
     except ValueError as exc:
-        detail = str(exc).split(" as ", 1)[0]  # urllib quotes the bad port text after " as "
-        raise ValueError(detail.lower().rstrip(".")) from None
+        text_of = str(exc)
+        if "Port" in text_of:  # urllib quotes the port text after " as ": leave it out
+            raise ValueError(text_of.split(" as ", 1)[0].lower()) from None
+        raise ValueError("bad IPv6 literal") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise ValueError(f"unsupported scheme {parts.scheme or 'none'!r}")
     if not host:
