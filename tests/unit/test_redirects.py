@@ -111,7 +111,7 @@ def test_an_internal_source_cannot_hop_to_another_internal_class(source: str, ta
     [
         ("127.0.0.1", "loopback"),
         ("::1", "loopback"),
-        ("0.0.0.0", "loopback"),
+        ("0.0.0.0", "loopback"),  # noqa: S104 (a value classified, not a bind)
         ("::", "loopback"),
         ("169.254.169.254", "metadata"),
         ("::ffff:169.254.169.254", "metadata"),

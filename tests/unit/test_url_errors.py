@@ -44,7 +44,9 @@ def test_malformed_urls_exit_2_with_one_line(
     assert not base.exists() or list(base.iterdir()) == []
 
 
-def test_an_unsupported_scheme_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unsupported_scheme_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["--instances-path", str(tmp_path), "image", "fetch", "sftp://u:pw@host/x"])
     assert code == 2
     assert capsys.readouterr().err.splitlines()[0] == (
