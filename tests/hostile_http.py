@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,8 +36,10 @@ class HostileServer:
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
 
+    scheme: str = "http"
+
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
+        return f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
 
     def hits(self, path: str, local: str | None = None) -> list[Seen]:
         return [s for s in self.seen if s.path == path and local in (None, s.local)]
@@ -143,18 +146,22 @@ def _read_request(conn: socket.socket) -> tuple[str, dict[str, str]] | None:
     return path, headers
 
 
-def _serve(state: HostileServer, listener: socket.socket, local: str) -> None:
+def _serve(
+    state: HostileServer, listener: socket.socket, local: str, tls: ssl.SSLContext | None
+) -> None:
     while True:
         try:
             conn, _ = listener.accept()
         except OSError:
             return
-        threading.Thread(target=_one, args=(state, conn, local), daemon=True).start()
+        threading.Thread(target=_one, args=(state, conn, local, tls), daemon=True).start()
 
 
-def _one(state: HostileServer, conn: socket.socket, local: str) -> None:
+def _one(state: HostileServer, conn: socket.socket, local: str, tls: ssl.SSLContext | None) -> None:
     with conn:
         try:
+            if tls is not None:
+                conn = tls.wrap_socket(conn, server_side=True)
             request = _read_request(conn)
             if request is None:
                 return
@@ -165,7 +172,7 @@ def _one(state: HostileServer, conn: socket.socket, local: str) -> None:
                 send(conn, 404, {"Content-Length": "0"})
             else:
                 handler(seen, conn)
-        except OSError:
+        except (OSError, ssl.SSLError):
             pass
 
 
@@ -200,13 +207,17 @@ def _listeners(hosts: tuple[str, ...]) -> list[socket.socket]:
 
 @contextlib.contextmanager
 def serve(
-    routes: dict[str, Handler] | None = None, hosts: tuple[str, ...] = ("127.0.0.1",)
+    routes: dict[str, Handler] | None = None,
+    hosts: tuple[str, ...] = ("127.0.0.1",),
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[HostileServer]:
+    """Serve `routes` on each of `hosts` at one port; https when given a server TLS context."""
     state = HostileServer(routes or {})
     listeners = _listeners(hosts)
     state.port = listeners[0].getsockname()[1]
+    state.scheme = "https" if tls else "http"
     for listener, host in zip(listeners, hosts, strict=True):
-        threading.Thread(target=_serve, args=(state, listener, host), daemon=True).start()
+        threading.Thread(target=_serve, args=(state, listener, host, tls), daemon=True).start()
     try:
         yield state
     finally:
@@ -214,3 +225,46 @@ def serve(
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+
+
+def self_signed(directory: str) -> tuple[ssl.SSLContext, str]:
+    """A server context with a fresh self-signed certificate for 127.0.0.1, and its PEM path."""
+    import datetime as dt
+    import ipaddress
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmdisk test CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context, str(cert_path)

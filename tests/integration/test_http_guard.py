@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -245,6 +246,22 @@ def test_environment_proxies_are_not_used_unless_the_settings_say_so(
         with pytest.raises(ImageNotFound):  # our "proxy" answers 404 to everything
             host.fetch_image(ImageRequest(api.url("/other"), image_id="other"))
         assert len(proxy.seen) == 1
+
+
+def test_glance_over_tls_is_verified_and_cafile_trusts_a_private_ca(
+    settings_fast: Settings, tmp_path: Path
+) -> None:
+    context, ca_pem = hostile.self_signed(str(tmp_path))
+    with hostile.serve(tls=context) as api:
+        api.routes.update(glance_routes(IMAGE, V0, hostile.body(V0)))  # type: ignore[arg-type]
+        host = make_host(settings_fast, glance=api.url(""))
+        err = refused(host, f"glance://{IMAGE}")
+        assert err.reason == "tls-failed" and "certificate verify failed" in err.message
+        assert api.seen == []  # nothing was sent: not the token, not the request
+        trusted = dataclasses.replace(host.settings.glance, cafile=ca_pem)
+        host.sources.glance_settings = trusted
+        cached = host.fetch_image(ImageRequest(f"glance://{IMAGE}"))
+    assert sha256(cached.path) == hashlib.sha256(V0).hexdigest()
 
 
 # --- resume integrity -----------------------------------------------------------------------

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -134,16 +136,20 @@ def check_redirect(
         raise ImageFetchError(
             f"refused redirect from https to http ({redact_url(target)})", reason="redirect-refused"
         )
-    src_host, dst_host = src.hostname or "", dst.hostname or ""
+    src_host, dst_host = _shown_host(src.hostname or ""), _shown_host(dst.hostname or "")
     if origin is None:
-        origin = host_class(src_host, resolve, classify_address)
-    refused = refused_addresses(origin, dst_host, resolve, classify_address)
+        origin = host_class(src.hostname or "", resolve, classify_address)
+    refused = refused_addresses(origin, dst.hostname or "", resolve, classify_address)
     if refused:
         raise ImageFetchError(
             f"refused redirect from {src_host} to {dst_host}: "
             f"{refused[0]} is a {classify_address(refused[0])} address",
             reason="redirect-refused",
         )
+
+
+def _shown_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 # --- connections ----------------------------------------------------------------------------
@@ -166,7 +172,7 @@ class _Guard:
         cls = self.classify(address)
         came = self.allowed_from or AddressClass.PUBLIC
         return ImageFetchError(
-            f"refused to connect to {host} ({address} is a {cls} address, "
+            f"refused to connect to {_shown_host(host)} ({address} is a {cls} address, "
             f"reached from a {came} one)",
             reason="redirect-refused" if self.redirect else "address-refused",
         )
@@ -416,7 +422,9 @@ def _cause(exc: BaseException) -> str:
     reason, visited = type(exc).__name__, set()
     while seen is not None and id(seen) not in visited:
         visited.add(id(seen))
-        if isinstance(seen, OSError) and seen.strerror:
+        if isinstance(seen, ssl.SSLError):
+            reason = re.sub(r"^\[[^]]*\] | \(_ssl\.c:\d+\)$", "", seen.strerror or str(seen))
+        elif isinstance(seen, OSError) and seen.strerror:
             reason = seen.strerror
         seen = seen.__cause__ or seen.__context__ or _first_arg_exception(seen)
     return reason

@@ -150,6 +150,5 @@ def refused_addresses(
     classify_address: Callable[[str], AddressClass] = classify,
 ) -> list[str]:
     """The addresses of `host` a hop from `origin` must not reach (empty: allowed)."""
-    literal = parse_address(host)
-    addresses = [str(literal)] if literal is not None else resolve(host)
+    addresses = [host] if parse_address(host) is not None else resolve(host)
     return [a for a in addresses if not hop_allowed(origin, classify_address(a))]
