@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest, UnsafeImage
-from vmdisk.imagecache.http import HttpClient, TransientFetchError, check_url
+from vmdisk.imagecache.http import HttpClient, HttpOptions, TransientFetchError, check_url
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.sources import HttpSource, Opened, SourceFacts, redact_url
 
@@ -63,7 +63,7 @@ class Glance:
         api_url: str,
         token: str | None = None,
         project: str | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = None,
         *,
         client: HttpClient | None = None,
     ) -> None:
@@ -80,8 +80,11 @@ class Glance:
         if project:
             self.credentials["X-Project-Id"] = project
             self.credentials["X-Tenant-Id"] = project
-        self.client = client or HttpClient()
-        del timeout  # the client's options carry the timeouts
+        if client is None:  # timeout: the stall timeout of a client of our own
+            client = HttpClient(
+                HttpOptions() if timeout is None else HttpOptions(stall_timeout=timeout)
+            )
+        self.client = client
 
     def image(self, image_id: str) -> GlanceImage:
         url = f"{self.api_url}/v2/images/{image_id}"
