@@ -163,15 +163,20 @@ def test_dns_rebinding_on_a_resume_is_refused(settings_fast: Settings) -> None:
 
 
 def test_a_kept_alive_connection_is_checked_again_for_each_hop(settings_fast: Settings) -> None:
-    """127.0.0.1 (the user's) -> a public server -> back to 127.0.0.1 on the pooled socket."""
-    host = make_host(settings_fast)
+    """local.test is 127.0.0.1 when the user's URL connects; when a public server sends us back
+    to it, its name answers ::1 (public: the name check passes), and the pooled connection to
+    127.0.0.1 would carry the request unless it is checked again."""
+    dns = FakeDns(local_test=[["127.0.0.1"], ["::1"]])
+    host = make_host(settings_fast, dns)
     with httpserver.serve() as local, hostile.serve(hosts=("::1",)) as public:
+        back = f"http://local.test:{local.port}/img"
         local.routes["/a"] = httpserver.Route(status=302, location=public.url("/b", "::1"))
         local.routes["/img"] = httpserver.Route(V0)
-        public.routes["/b"] = hostile.redirect(local.url("/img"))
-        err = refused(host, local.url("/a"))
-        assert local.hits["/img"] == 0
+        public.routes["/b"] = hostile.redirect(back)
+        err = refused(host, f"http://local.test:{local.port}/a")
+        assert local.hits["/a"] == 1 and local.hits["/img"] == 0
     assert err.reason == "redirect-refused"
+    assert "127.0.0.1 is a loopback address" in err.message
 
 
 def test_a_loopback_source_named_by_the_user_is_fetched(settings_fast: Settings) -> None:

@@ -365,6 +365,7 @@ class HttpClient:
             if origin_of(urlsplit(current)) != home:
                 secret = {}
             self.guard.allowed_from, self.guard.redirect = came_from, hop > 0
+            self.guard.last = None  # set by the connection that carries this request
             response = self._send(current, {**headers, **secret})
             peer = getattr(self.guard.last, "peer_class", None)
             if self.guard.origin is None:
