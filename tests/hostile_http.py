@@ -268,3 +268,37 @@ def self_signed(directory: str) -> tuple[ssl.SSLContext, str]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     return context, str(cert_path)
+
+
+@contextlib.contextmanager
+def slow_relay(target_port: int, every: float = 0.1) -> Iterator[int]:
+    """A TCP relay on 127.0.0.1 that passes the server's bytes on one at a time, `every` apart.
+
+    In front of a TLS server this drips the handshake itself, before any HTTP is spoken.
+    """
+    listener = _listen("127.0.0.1", 0)
+
+    def pump(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 if delay else 65536):
+                if delay:
+                    time.sleep(delay)
+                dst.sendall(data)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+            for args in ((client, upstream, 0.0), (upstream, client, every)):
+                threading.Thread(target=pump, args=args, daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()

@@ -318,6 +318,25 @@ def test_headers_dripped_one_byte_at_a_time_hit_the_header_deadline(
     assert 2.5 < took < 10  # download_header_timeout is 3 s; the 2 s stall never fires
 
 
+@pytest.mark.timeout(60)
+def test_a_dripped_tls_handshake_hits_the_header_deadline(
+    settings_fast: Settings, tmp_path: Path
+) -> None:
+    context, ca_pem = hostile.self_signed(str(tmp_path))
+    with hostile.serve(tls=context) as api, hostile.slow_relay(api.port, every=0.05) as port:
+        api.routes.update(glance_routes(IMAGE, V0, hostile.body(V0)))  # type: ignore[arg-type]
+        host = make_host(settings_fast, glance=f"https://127.0.0.1:{port}")
+        host.sources.glance_settings = dataclasses.replace(host.settings.glance, cafile=ca_pem)
+        start = time.monotonic()
+        err = refused(host, f"glance://{IMAGE}")
+        took = time.monotonic() - start
+        assert api.seen == []
+    # Python bounds a whole TLS handshake by the socket timeout (here the 2 s connect timeout),
+    # and the header deadline (3 s) runs from the connect: whichever comes first ends it.
+    assert err.reason in ("connection-failed", "header-timeout")
+    assert took < 10  # the handshake alone would take over a minute at this rate
+
+
 @pytest.mark.parametrize(("size", "count"), [(70_000, 1), (10, 150)])
 def test_oversized_headers_are_a_bad_response(
     settings_fast: Settings, size: int, count: int

@@ -235,10 +235,16 @@ def shutdown(sock: socket.socket | None) -> None:
 
 
 class _GuardedMixin:
-    """What both connection classes add: pinned connects, checked reuse, a header deadline."""
+    """What both connection classes add: pinned connects, checked reuse, a header deadline.
+
+    The deadline runs from the TCP connect (so a TLS handshake dripped byte by byte counts)
+    or, on a kept-alive connection, from the request, to the end of the response headers.
+    """
 
     guard: _Guard
     peer_class: AddressClass | None = None
+    deadline: threading.Timer | None = None
+    expired: threading.Event | None = None
     sock: socket.socket | None
     host: str
     port: int
@@ -250,7 +256,28 @@ class _GuardedMixin:
             self.host, self.port, self.timeout, self.socket_options
         )
         self.guard.last = self
+        self._arm(sock)
         return sock
+
+    def _arm(self, sock: socket.socket | None) -> None:
+        if self.deadline is not None:
+            return
+        expired = self.expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            shutdown(sock)
+
+        self.deadline = threading.Timer(self.guard.header_timeout, expire)
+        self.deadline.daemon = True
+        self.deadline.start()
+
+    def _disarm(self) -> bool:
+        """Stop the deadline; True if it had already fired."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        return self.expired is not None and self.expired.is_set()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         if self.sock is not None:
@@ -260,37 +287,26 @@ class _GuardedMixin:
         super().request(*args, **kwargs)  # type: ignore[misc]
 
     def getresponse(self) -> Any:
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            shutdown(self.sock)
-
-        timer = threading.Timer(self.guard.header_timeout, expire)
-        timer.daemon = True
-        timer.start()
+        self._arm(self.sock)
         try:
             response = super().getresponse()  # type: ignore[misc]
         except http.client.LineTooLong as exc:
             raise _bad_response(self.host, f"a header line over the limit ({exc})") from None
-        except http.client.HTTPException as exc:
-            if expired.is_set():
+        except (http.client.HTTPException, OSError) as exc:
+            if self._disarm():
                 raise _header_timeout(self.host, self.guard.header_timeout) from None
-            if isinstance(exc, http.client.RemoteDisconnected):
-                raise
-            if str(exc).startswith("got more than") or isinstance(exc, http.client.BadStatusLine):
+            bad = isinstance(exc, http.client.BadStatusLine) or str(exc).startswith("got more")
+            if bad and not isinstance(exc, http.client.RemoteDisconnected):
                 raise _bad_response(self.host, str(exc) or type(exc).__name__) from None
             raise
-        except OSError:
-            if expired.is_set():
-                raise _header_timeout(self.host, self.guard.header_timeout) from None
-            raise
-        finally:
-            timer.cancel()
-        if expired.is_set():  # the cut can look like the end of the headers: never trust it
+        if self._disarm():  # the cut can look like the end of the headers: never trust it
             response.close()
             raise _header_timeout(self.host, self.guard.header_timeout)
         return response
+
+    def close(self) -> None:
+        self._disarm()
+        super().close()  # type: ignore[misc]
 
 
 def _bad_response(host: str, what: str) -> ImageFetchError:
@@ -401,20 +417,30 @@ class HttpClient:
                 allow_redirects=False,
                 timeout=(self.options.connect_timeout, self.options.stall_timeout),
             )
-        except requests.exceptions.SSLError as exc:
-            raise ImageFetchError(
-                f"TLS verification failed for {shown}: {_cause(exc)}",
-                reason="tls-failed",
-                hint="give the CA bundle with [glance] cafile, or fix the server's certificate",
-            ) from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise ImageFetchError(
-                f"cannot connect to {shown}: {_cause(exc)}", reason="connection-failed"
-            ) from exc
-        except requests.exceptions.Timeout as exc:
-            raise TransientFetchError(f"timed out talking to {shown}") from exc
         except requests.exceptions.RequestException as exc:
-            raise ImageFetchError(f"cannot fetch {shown}: {type(exc).__name__}") from exc
+            conn = self.guard.last
+            if conn is not None and conn.expired is not None and conn.expired.is_set():
+                raise _header_timeout(
+                    urlsplit(url).hostname or "", conn.guard.header_timeout
+                ) from exc
+            raise _typed(exc, shown) from exc
+
+
+def _typed(exc: requests.exceptions.RequestException, shown: str) -> Exception:
+    """The error for what requests raised; a read timeout is transient (it may be resumed)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ImageFetchError(
+            f"TLS verification failed for {shown}: {_cause(exc)}",
+            reason="tls-failed",
+            hint="give the CA bundle with [glance] cafile, or fix the server's certificate",
+        )
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return ImageFetchError(
+            f"cannot connect to {shown}: {_cause(exc)}", reason="connection-failed"
+        )
+    if isinstance(exc, requests.exceptions.Timeout):
+        return TransientFetchError(f"timed out talking to {shown}")
+    return ImageFetchError(f"cannot fetch {shown}: {type(exc).__name__}")
 
 
 def _cause(exc: BaseException) -> str:
