@@ -222,6 +222,19 @@ def test_glance_token_is_not_sent_to_another_origin(settings_fast: Settings) -> 
     assert sha256(cached.path) == hashlib.sha256(V0).hexdigest()
 
 
+def test_url_credentials_go_only_to_their_origin(settings_fast: Settings) -> None:
+    with hostile.serve() as home, hostile.serve() as other:
+        other.routes["/img"] = hostile.body(V0)
+        home.routes["/a"] = hostile.redirect("/b")  # same origin: the credentials follow
+        home.routes["/b"] = hostile.redirect(other.url("/img"))  # another port: they do not
+        host = make_host(settings_fast)
+        url = home.url("/a").replace("://", "://user:s3cret@")
+        cached = host.fetch_image(ImageRequest(url))
+        assert [s.headers.get("authorization", "")[:6] for s in home.seen] == ["Basic "] * 2
+        assert "authorization" not in other.hits("/img")[0].headers
+    assert cached.image_id == home.url("/a") and "s3cret" not in cached.record.source
+
+
 def test_glance_metadata_goes_through_the_redirect_checks(settings_fast: Settings) -> None:
     with hostile.serve(hosts=BOTH) as api:
         inward = api.url(f"/v2/images/{IMAGE}")

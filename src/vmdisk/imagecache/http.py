@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
@@ -166,7 +166,7 @@ class _Guard:
     allowed_from: AddressClass | None = None  # the class of the hop in progress came from
     redirect: bool = False  # the hop in progress is a redirect (else: the user's URL)
     last: Any = None  # the connection that carried the latest request
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    connect_timeout: float = 10.0  # when urllib3 hands no number down
 
     def refuse(self, host: str, address: str) -> ImageFetchError:
         cls = self.classify(address)
@@ -191,7 +191,8 @@ class _Guard:
         error: OSError = OSError(f"no address of {host} answered")
         for address in addresses:
             try:
-                sock = _dial(address, port, timeout, options)
+                wait = timeout if isinstance(timeout, int | float) else self.connect_timeout
+                sock = _dial(address, port, wait, options)
             except OSError as exc:
                 error = exc
                 continue
@@ -211,7 +212,7 @@ class _Guard:
         self.last = conn
 
 
-def _dial(address: str, port: int, timeout: float | None, options: Any) -> socket.socket:
+def _dial(address: str, port: int, timeout: float, options: Any) -> socket.socket:
     family, kind, proto, _, sockaddr = socket.getaddrinfo(
         address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
     )[0]
@@ -219,7 +220,7 @@ def _dial(address: str, port: int, timeout: float | None, options: Any) -> socke
     try:
         for opt in options or ():
             sock.setsockopt(*opt)
-        sock.settimeout(timeout if isinstance(timeout, int | float) else None)
+        sock.settimeout(timeout)
         sock.connect(sockaddr)
     except BaseException:
         sock.close()
@@ -354,7 +355,12 @@ class HttpClient:
     ) -> None:
         self.options = options or HttpOptions()
         self.resolve = resolve
-        self.guard = _Guard(resolve, classify_address, self.options.header_timeout)
+        self.guard = _Guard(
+            resolve,
+            classify_address,
+            self.options.header_timeout,
+            connect_timeout=self.options.connect_timeout,
+        )
         self.session = requests.Session()
         self.session.trust_env = self.options.trust_env  # no proxy or netrc surprises
         self.session.verify = self.options.ca_file or True
