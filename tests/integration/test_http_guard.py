@@ -246,6 +246,24 @@ def test_glance_metadata_goes_through_the_redirect_checks(settings_fast: Setting
     assert err.reason == "redirect-refused"
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"<html>not json</html>",
+        b"[1, 2]",
+        b'{"status": "active", "disk_format": "raw"}',
+        b'{"id": "x", "status": "active", "disk_format": "raw", "size": "12"}',
+        b'{"id": "x", "status": "active", "os_hash_algo": "sha256", "os_hash_value": "zz"}',
+        b'{"id": "' + b"x" * (2 * MiB) + b'"}',
+    ],
+)
+def test_hostile_glance_metadata_is_a_bad_response(settings_fast: Settings, answer: bytes) -> None:
+    with hostile.serve({f"/v2/images/{IMAGE}": hostile.body(answer)}) as api:
+        host = make_host(settings_fast, glance=api.url(""))
+        err = refused(host, f"glance://{IMAGE}")
+    assert err.reason == "bad-response"
+
+
 def test_environment_proxies_are_not_used_unless_the_settings_say_so(
     settings_fast: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

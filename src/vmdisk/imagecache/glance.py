@@ -11,8 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
-from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest, UnsafeImage
+from vmdisk.errors import (
+    ImageFetchError,
+    ImageNotFound,
+    InvalidRequest,
+    SettingsError,
+    UnsafeImage,
+)
 from vmdisk.imagecache.http import HttpClient, HttpOptions, TransientFetchError, check_url
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.sources import HttpSource, Opened, SourceFacts, redact_url
@@ -72,7 +79,12 @@ class Glance:
                 "glance:// sources need [glance] api_url in the settings",
                 reason="glance-not-configured",
             )
-        check_url(api_url)
+        try:
+            check_url(api_url)
+        except InvalidRequest as exc:
+            raise SettingsError(
+                f"settings: [glance] api_url: {exc.message}", hint=exc.hint
+            ) from None
         self.api_url = api_url.rstrip("/")
         self.credentials: dict[str, str] = {}
         if token:
@@ -101,7 +113,15 @@ class Glance:
             ) from exc
         with response:
             _check_status(response, image_id)
-            return _parse(_read_json(response, self.api_url))
+            data = _read_json(response, self.api_url)
+        try:
+            return _parse(data)
+        except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
+            raise ImageFetchError(
+                f"Glance at {redact_url(self.api_url)} sent metadata without a usable "
+                f"{exc.args[0] if isinstance(exc, KeyError) else 'value'} for {image_id}",
+                reason="bad-response",
+            ) from exc
 
     def source(self, image_id: str) -> HttpSource:
         return HttpSource(
@@ -139,7 +159,7 @@ def _read_json(response: requests.Response, api_url: str) -> dict[str, Any]:
                     reason="bad-response",
                 )
         data = json.loads(body)
-    except (ValueError, OSError, requests.RequestException) as exc:
+    except (ValueError, OSError, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise ImageFetchError(
             f"Glance at {redact_url(api_url)} sent metadata that is not JSON",
             reason="bad-response",
@@ -161,11 +181,14 @@ def _parse(data: dict[str, Any]) -> GlanceImage:
         checksum = Checksum.parse(f"md5:{data['checksum']}")
     locations = [loc.get("url", "") for loc in data.get("locations") or []]
     direct = data.get("direct_url") or next((u for u in locations if u.startswith("rbd://")), None)
+    size = data.get("size")
+    if size is not None and (type(size) is not int or size < 0):
+        raise ValueError("size")
     return GlanceImage(
         id=str(data["id"]),
         disk_format=str(data.get("disk_format") or ""),
         status=str(data.get("status", "")),
-        size=data.get("size"),
+        size=size,
         checksum=checksum,
         direct_url=direct,
     )
