@@ -52,3 +52,16 @@ def test_an_unsupported_scheme_is_exit_2(
     assert capsys.readouterr().err.splitlines()[0] == (
         "vmdisk: error: unsupported image source scheme 'sftp'"
     )
+
+
+def test_a_malformed_glance_api_url_is_a_settings_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VMDISK_GLANCE__API_URL", "http://u:s3cret@glance:92x92")
+    code = main(["--instances-path", str(tmp_path), "image", "fetch", "glance://abc"])
+    err = capsys.readouterr().err
+    assert code == 3 and "s3cret" not in err
+    assert err.splitlines()[0] == (
+        "vmdisk: error: settings: [glance] api_url: not a valid URL "
+        "(port could not be cast to integer value): http://****@glance:92x92"
+    )
