@@ -184,3 +184,8 @@ __all__ = [
     "plan_disks",
     "__version__",
 ]
+
+# issue 16, network client: what SourceRegistry is configured with.
+from vmdisk.imagecache.http import HttpOptions
+
+__all__ += ["HttpOptions"]

@@ -142,6 +142,10 @@ class ImageCacheSettings:
     manager_interval: int = _kind("int", 2400)
     download_connect_timeout: int = _kind("int", 10)
     download_stall_timeout: int = _kind("int", 30)
+    # http: the status line and headers must be complete within this (a drip cannot hold us)
+    download_header_timeout: int = _kind("int", 60)
+    # http: honour HTTP(S)_PROXY, NO_PROXY and .netrc from the environment (off: not implied)
+    download_trust_env: bool = _kind("bool", False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,7 @@ class GlanceSettings:
     api_url: str = _kind("str", "")
     token: str | None = _kind("str?", None)
     project: str | None = _kind("str?", None)
+    cafile: str | None = _kind("str?", None)  # CA bundle for an https api_url (Nova's name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,16 +6,27 @@ checksum) is verified while streaming, and its id is the image id, so cache name
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
-from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest, UnsafeImage
+from vmdisk.errors import (
+    ImageFetchError,
+    ImageNotFound,
+    InvalidRequest,
+    SettingsError,
+    UnsafeImage,
+)
+from vmdisk.imagecache.http import HttpClient, HttpOptions, TransientFetchError, check_url
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.sources import HttpSource, Opened, SourceFacts, redact_url
 
 SCHEME = "glance://"
+#: An image's metadata is a few KiB; a bigger answer is not Glance's.
+MAX_METADATA = 1024 * 1024
 FORMATS = {
     "raw": "raw",
     "qcow2": "qcow2",
@@ -48,56 +59,117 @@ def image_id_of(source: str) -> str:
 
 
 class Glance:
+    """The image API of one endpoint, through one guarded client for metadata and data.
+
+    The token and project go only to the endpoint's origin (scheme, host, port): a redirect
+    elsewhere, for the metadata or the file, gets neither.
+    """
+
     def __init__(
         self,
         api_url: str,
         token: str | None = None,
         project: str | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = None,
+        *,
+        client: HttpClient | None = None,
     ) -> None:
         if not api_url:
             raise InvalidRequest(
                 "glance:// sources need [glance] api_url in the settings",
                 reason="glance-not-configured",
             )
+        try:
+            check_url(api_url)
+        except InvalidRequest as exc:
+            raise SettingsError(
+                f"settings: [glance] api_url: {exc.message}", hint=exc.hint
+            ) from None
         self.api_url = api_url.rstrip("/")
-        self.headers = {"Accept": "application/json"}
+        self.credentials: dict[str, str] = {}
         if token:
-            self.headers["X-Auth-Token"] = token
+            self.credentials["X-Auth-Token"] = token
         if project:
-            self.headers["X-Project-Id"] = project
-            self.headers["X-Tenant-Id"] = project
-        self.timeout = timeout
+            self.credentials["X-Project-Id"] = project
+            self.credentials["X-Tenant-Id"] = project
+        if client is None:  # timeout: the stall timeout of a client of our own
+            client = HttpClient(
+                HttpOptions() if timeout is None else HttpOptions(stall_timeout=timeout)
+            )
+        self.client = client
 
     def image(self, image_id: str) -> GlanceImage:
         url = f"{self.api_url}/v2/images/{image_id}"
         try:
-            response = requests.get(url, headers=self.headers, timeout=self.timeout)
-        except requests.RequestException as exc:
+            response = self.client.get(
+                url,
+                {"Accept": "application/json", "Accept-Encoding": "identity"},
+                credentials=self.credentials,
+            )
+        except TransientFetchError as exc:
             raise ImageFetchError(
-                f"cannot reach Glance at {redact_url(self.api_url)}: {exc}",
+                f"Glance at {redact_url(self.api_url)} did not answer: {exc}",
                 reason="connection-failed",
             ) from exc
-        if response.status_code == 404:
-            raise ImageNotFound(f"Glance has no image {image_id}", reason="not-found")
-        if response.status_code in (401, 403):
+        with response:
+            _check_status(response, image_id)
+            data = _read_json(response, self.api_url)
+        try:
+            return _parse(data)
+        except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
             raise ImageFetchError(
-                f"Glance refused access to image {image_id} (HTTP {response.status_code})",
-                reason="forbidden",
-                hint="check [glance] token and project",
-            )
-        if response.status_code != 200:
-            raise ImageFetchError(
-                f"Glance answered HTTP {response.status_code} for {image_id}",
-                reason=f"http-{response.status_code}",
-            )
-        return _parse(response.json())
+                f"Glance at {redact_url(self.api_url)} sent metadata without a usable "
+                f"{exc.args[0] if isinstance(exc, KeyError) else 'value'} for {image_id}",
+                reason="bad-response",
+            ) from exc
 
     def source(self, image_id: str) -> HttpSource:
         return HttpSource(
             f"{self.api_url}/v2/images/{image_id}/file",
-            headers={k: v for k, v in self.headers.items() if k != "Accept"},
+            client=self.client,
+            credentials=self.credentials,
         )
+
+
+def _check_status(response: requests.Response, image_id: str) -> None:
+    status = response.status_code
+    if status == 404:
+        raise ImageNotFound(f"Glance has no image {image_id}", reason="not-found")
+    if status in (401, 403):
+        raise ImageFetchError(
+            f"Glance refused access to image {image_id} (HTTP {status})",
+            reason="forbidden",
+            hint="check [glance] token and project",
+        )
+    if status != 200:
+        raise ImageFetchError(
+            f"Glance answered HTTP {status} for {image_id}", reason=f"http-{status}"
+        )
+
+
+def _read_json(response: requests.Response, api_url: str) -> dict[str, Any]:
+    """The metadata document, read to at most MAX_METADATA bytes."""
+    body = b""
+    try:
+        for chunk in response.raw.stream(64 * 1024, decode_content=False):
+            body += chunk
+            if len(body) > MAX_METADATA:
+                raise ImageFetchError(
+                    f"Glance at {redact_url(api_url)} sent over {MAX_METADATA} bytes of metadata",
+                    reason="bad-response",
+                )
+        data = json.loads(body)
+    except (ValueError, OSError, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        raise ImageFetchError(
+            f"Glance at {redact_url(api_url)} sent metadata that is not JSON",
+            reason="bad-response",
+        ) from exc
+    if not isinstance(data, dict):
+        raise ImageFetchError(
+            f"Glance at {redact_url(api_url)} sent metadata that is not an object",
+            reason="bad-response",
+        )
+    return data
 
 
 def _parse(data: dict[str, Any]) -> GlanceImage:
@@ -109,11 +181,14 @@ def _parse(data: dict[str, Any]) -> GlanceImage:
         checksum = Checksum.parse(f"md5:{data['checksum']}")
     locations = [loc.get("url", "") for loc in data.get("locations") or []]
     direct = data.get("direct_url") or next((u for u in locations if u.startswith("rbd://")), None)
+    size = data.get("size")
+    if size is not None and (type(size) is not int or size < 0):
+        raise ValueError("size")
     return GlanceImage(
         id=str(data["id"]),
         disk_format=str(data.get("disk_format") or ""),
         status=str(data.get("status", "")),
-        size=data.get("size"),
+        size=size,
         checksum=checksum,
         direct_url=direct,
     )

@@ -89,6 +89,7 @@ class _Sink:
     def __init__(self, fd: int, checksum: Checksum | None) -> None:
         self.fd = fd
         wanted = checksum.algorithm if checksum and checksum.algorithm != "sha256" else None
+        self._wanted = wanted
         self.hasher = _Hasher(wanted)
         self.inspector = inspect.StreamInspector()
         self.offset = 0
@@ -101,6 +102,14 @@ class _Sink:
 
     def close(self) -> None:
         self.hasher.close()
+
+    def rewind(self) -> None:
+        """Start again at byte 0: the source could not resume the same content (restarted)."""
+        self.hasher.close()
+        self.hasher = _Hasher(self._wanted)
+        self.inspector = inspect.StreamInspector()
+        os.ftruncate(self.fd, 0)
+        self.offset = 0
 
     @property
     def sha256(self) -> hashlib._Hash:
@@ -257,6 +266,9 @@ class Intake:
             before = sink.offset
             try:
                 opened = source.open(sink.offset)
+                if opened.restarted:
+                    sink.rewind()
+                    before = 0
                 if not started:
                     if opened.total:
                         what = f"the download of {source.display}"

@@ -6,9 +6,14 @@ endpoint); a new scheme (simplestreams, OCI) registers here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 from vmdisk.errors import UnsafeImage
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
+from vmdisk.imagecache.http import HttpClient, HttpOptions
+from vmdisk.imagecache.netguard import AddressClass, Resolver, classify, system_resolver
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
 from vmdisk.imagecache.sources import ImageSource, open_source
@@ -16,38 +21,44 @@ from vmdisk.settings import GlanceSettings, ImageCacheSettings, Settings
 
 
 class SourceRegistry:
-    """Schemes to sources: glance:// through the configured Glance, the rest as given."""
+    """Schemes to sources: glance:// through the configured Glance, the rest as given.
+
+    `resolve` and `classify_address` are the network seams: the system's resolver and the
+    real address classes unless a test names a fake (a public address cannot exist here).
+    """
 
     def __init__(
         self,
         glance: GlanceSettings | None = None,
         *,
-        connect_timeout: float = 10.0,
-        stall_timeout: float = 30.0,
+        options: HttpOptions | None = None,
+        resolve: Resolver = system_resolver,
+        classify_address: Callable[[str], AddressClass] = classify,
     ) -> None:
         self.glance_settings = glance or GlanceSettings()
-        self.connect_timeout = connect_timeout
-        self.stall_timeout = stall_timeout
+        self.options = options or HttpOptions()
+        self.resolver = resolve
+        self.classify_address = classify_address
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourceRegistry:
-        c: ImageCacheSettings = settings.image_cache
-        return cls(
-            settings.glance,
-            connect_timeout=c.download_connect_timeout,
-            stall_timeout=c.download_stall_timeout,
-        )
+        return cls(settings.glance, options=http_options(settings.image_cache))
 
     def glance(self) -> Glance:
         g = self.glance_settings
-        return Glance(g.api_url, g.token, g.project)
+        options = dataclasses.replace(self.options, ca_file=g.cafile or self.options.ca_file)
+        client = HttpClient(options, resolve=self.resolver, classify_address=self.classify_address)
+        return Glance(g.api_url, g.token, g.project, client=client)
 
     def open(self, text: str) -> ImageSource:
         """Turn what the user typed into a source; refuse schemes we never read."""
         if text.startswith(GLANCE_SCHEME):
             return GlanceSource(self.glance(), image_id_of(text))
         return open_source(
-            text, connect_timeout=self.connect_timeout, stall_timeout=self.stall_timeout
+            text,
+            options=self.options,
+            resolve=self.resolver,
+            classify_address=self.classify_address,
         )
 
     def resolve(self, request: ImageRequest) -> ResolvedImage:
@@ -77,4 +88,14 @@ def resolved(request: ImageRequest, source: ImageSource) -> ResolvedImage:
         size=facts.size,
         kind=request.kind,
         location=facts.location or request.location,
+    )
+
+
+def http_options(c: ImageCacheSettings) -> HttpOptions:
+    """The [image_cache] download_* settings, as the HTTP client takes them."""
+    return HttpOptions(
+        connect_timeout=c.download_connect_timeout,
+        stall_timeout=c.download_stall_timeout,
+        header_timeout=c.download_header_timeout,
+        trust_env=c.download_trust_env,
     )

@@ -5,15 +5,14 @@ A source only yields bytes; deciding whether they are a safe image is inspect.py
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 import urllib3
@@ -21,19 +20,77 @@ import urllib3
 from vmdisk._version import __version__
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
 from vmdisk.fsutil import data_extents
+from vmdisk.imagecache.http import (
+    HttpClient,
+    HttpOptions,
+    TransientFetchError,
+    check_redirect,
+    check_url,
+    redact_url,
+    shutdown,
+    unsplit_without_credentials,
+)
+from vmdisk.imagecache.netguard import AddressClass, Resolver, classify, system_resolver
 from vmdisk.imagecache.records import Checksum
 
+__all__ = [
+    "HttpSource",
+    "ImageSource",
+    "LocalFileSource",
+    "Opened",
+    "SourceFacts",
+    "TransientFetchError",
+    "check_redirect",
+    "open_source",
+    "redact_url",
+]
+
 CHUNK = 1024 * 1024
-Resolver = Callable[[str], list[str]]
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 @dataclass(slots=True)
 class Opened:
-    """An open byte stream, positioned at the offset asked for."""
+    """An open byte stream, positioned at the offset asked for, unless `restarted`.
+
+    `restarted` means the source could not prove that what it has at that offset is the same
+    image (see HttpSource): the stream starts at byte 0 and the reader must discard what it
+    kept. `abort(error)` may be called from any thread (a watchdog): it unblocks a read in
+    progress (`interrupt`, e.g. shutting the socket down) and the reader's next step through
+    `chunks` raises `error`, also when the cut would otherwise look like a normal end.
+    """
 
     chunks: Iterator[bytes]
     total: int | None  # the whole image's size, when the source knows it
     resumable: bool
+    restarted: bool = False
+    interrupt: Callable[[], None] | None = None
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.chunks = self._checked(self.chunks)
+
+    def abort(self, error: BaseException) -> None:
+        self.error = error
+        if self.interrupt is not None:
+            self.interrupt()
+
+    def _checked(self, inner: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            for chunk in inner:
+                if self.error is not None:
+                    raise self.error
+                yield chunk
+        except Exception as exc:
+            if self.error is not None and exc is not self.error:
+                raise self.error from exc
+            raise
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+        if self.error is not None:
+            raise self.error
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +119,6 @@ class ImageSource(Protocol):
     def resolve(self) -> SourceFacts: ...  # cheap: metadata only, never the bytes
 
     def open(self, offset: int = 0) -> Opened: ...
-
-
-class TransientFetchError(Exception):
-    """A cut connection or stall: the caller may resume from where it got to."""
 
 
 class LocalFileSource:
@@ -128,139 +181,85 @@ def _read_extents(fd: int, offset: int, size: int) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _system_resolver(host: str) -> list[str]:
-    try:
-        return [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
-    except socket.gaierror:
-        return []
-
-
 def _is_internal(address: str) -> bool:
-    """Loopback, link-local (169.254.169.254 is the metadata service), or unspecified."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_link_local or ip.is_unspecified
-
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"****@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def check_redirect(source: str, target: str, resolve: Resolver = _system_resolver) -> None:
-    """Refuse a redirect that leaves http(s), downgrades https, or turns inward.
-
-    A server on the internet must not be able to point us at the host itself or at the
-    metadata service (SSRF); a loopback server (tests, local mirrors) may.
-    """
-    src, dst = urlsplit(source), urlsplit(target)
-    if dst.scheme not in ("http", "https"):
-        raise ImageFetchError(
-            f"refused redirect to a {dst.scheme or 'relative'}: URL ({redact_url(target)})",
-            reason="redirect-refused",
-        )
-    if src.scheme == "https" and dst.scheme == "http":
-        raise ImageFetchError(
-            f"refused redirect from https to http ({redact_url(target)})", reason="redirect-refused"
-        )
-    src_host, dst_host = src.hostname or "", dst.hostname or ""
-    if all(_is_internal(a) for a in resolve(src_host) or [src_host]):
-        return
-    if any(_is_internal(a) for a in resolve(dst_host) or [dst_host]):
-        raise ImageFetchError(
-            f"refused redirect from {src_host} to internal address {dst_host}",
-            reason="redirect-refused",
-        )
+    """Any address a public server must not send us to (see netguard for the classes)."""
+    return classify(address) is not AddressClass.PUBLIC
 
 
 class HttpSource:
-    """Streams an http(s) image; follows at most `max_redirects`, each checked."""
+    """Streams an http(s) image through a guarded client; resumes only the same content.
+
+    The first answer's validator (a strong ETag, else Last-Modified) and size are kept; a
+    resume sends `Range` with `If-Range`, and its answer must be a 206 whose Content-Range
+    starts at the offset asked for, with the same total and validator. Anything else (a 200,
+    a range from elsewhere, a changed validator, or no validator to ask with) restarts the
+    download from byte 0, flagged `Opened.restarted`, so a base is never spliced from two.
+    """
 
     def __init__(
         self,
         url: str,
         *,
-        connect_timeout: float = 10.0,
-        stall_timeout: float = 30.0,
-        max_redirects: int = 5,
-        resolve: Resolver = _system_resolver,
+        options: HttpOptions | None = None,
+        client: HttpClient | None = None,
+        resolve: Resolver = system_resolver,
         headers: dict[str, str] | None = None,
+        credentials: dict[str, str] | None = None,
     ) -> None:
         self.url = url
-        self.connect_timeout = connect_timeout
-        self.stall_timeout = stall_timeout
-        self.max_redirects = max_redirects
-        self.resolver = resolve
+        self.client = client or HttpClient(options, resolve=resolve)
         self.headers = headers or {}
-        self.session = requests.Session()
-        self.session.trust_env = False  # no netrc or proxy surprises in a host tool
+        self.credentials = credentials or {}
+        self._validator: str | None = None
+        self._total: int | None = None
 
     @property
     def display(self) -> str:
         return redact_url(self.url)
 
     def normalised(self) -> str:
-        parts = urlsplit(self.url)
-        host = (parts.hostname or "").lower()
-        default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-        port = f":{parts.port}" if parts.port and parts.port != default else ""
-        return urlunsplit((parts.scheme.lower(), host + port, parts.path or "/", parts.query, ""))
+        return unsplit_without_credentials(urlsplit(self.url))
 
     def resolve(self) -> SourceFacts:
         return SourceFacts()
 
     def open(self, offset: int = 0) -> Opened:
+        ranged = offset > 0 and self._validator is not None
+        response = self._get(offset if ranged else 0)
+        start = _range_start(response, offset if ranged else 0, self._total, self._validator)
+        if start is None:  # a range we did not ask for, or other content: from byte 0
+            response.close()
+            response = self._get(0)
+            start = _range_start(response, 0, None, None)
+            if start is None:
+                response.close()
+                raise ImageFetchError(
+                    f"{self.display} answered a plain GET with a partial range",
+                    reason="bad-response",
+                )
+        if start == 0:
+            self._validator = _validator(response)
+            self._total = _total(response, 0)
+        total = _total(response, start)
+        resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" or start > 0
+        conn = self.client.guard.last
+        return Opened(
+            self._stream(response),
+            total,
+            resumable,
+            restarted=offset > 0 and start == 0,
+            interrupt=lambda: shutdown(getattr(conn, "sock", None)),
+        )
+
+    def _get(self, offset: int) -> requests.Response:
         headers = {"Accept-Encoding": "identity", "User-Agent": f"vmdisk/{__version__}"}
         headers.update(self.headers)
-        if offset:
+        if offset and self._validator:
             headers["Range"] = f"bytes={offset}-"
-        response = self._follow(headers)
-        if offset and response.status_code != 206:
-            response.close()
-            raise TransientFetchError("server does not support resuming (no 206 answer)")
-        length = response.headers.get("Content-Length")
-        total = int(length) + offset if length and length.isdigit() else None
-        resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" or offset > 0
-        return Opened(self._stream(response), total, resumable)
-
-    def _follow(self, headers: dict[str, str]) -> requests.Response:
-        url = self.url
-        for _ in range(self.max_redirects + 1):
-            try:
-                response = self.session.get(
-                    url,
-                    headers=headers,
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(self.connect_timeout, self.stall_timeout),
-                )
-            except requests.exceptions.ConnectionError as exc:
-                raise ImageFetchError(
-                    f"cannot connect to {redact_url(url)}", reason="connection-failed"
-                ) from exc
-            except requests.exceptions.Timeout as exc:
-                raise TransientFetchError(f"timed out talking to {redact_url(url)}") from exc
-            except requests.exceptions.RequestException as exc:
-                raise ImageFetchError(f"cannot fetch {redact_url(url)}: {exc}") from exc
-            if response.is_redirect:
-                target = urljoin(url, response.headers.get("Location", ""))
-                response.close()
-                check_redirect(url, target, self.resolver)
-                url = target
-                headers.pop("Authorization", None)
-                continue
-            _raise_for_status(response, url)
-            return response
-        raise ImageFetchError(
-            f"more than {self.max_redirects} redirects from {self.display}",
-            reason="redirect-refused",
-        )
+            headers["If-Range"] = self._validator
+        response = self.client.get(self.url, headers, credentials=self.credentials)
+        _raise_for_status(response, self.url)
+        return response
 
     def _stream(self, response: requests.Response) -> Iterator[bytes]:
         try:
@@ -270,6 +269,49 @@ class HttpSource:
             raise TransientFetchError(f"download from {self.display} was cut: {exc}") from exc
         finally:
             response.close()
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+def _validator(response: requests.Response) -> str | None:
+    """What If-Range may carry: a strong ETag, else Last-Modified (weak ETags never match)."""
+    etag = response.headers.get("ETag", "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified") or None
+
+
+def _total(response: requests.Response, start: int) -> int | None:
+    found = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if response.status_code == 206 and found:
+        return int(found.group(3))
+    length = response.headers.get("Content-Length", "")
+    return int(length) + start if length.isdigit() else None
+
+
+def _range_start(
+    response: requests.Response, asked: int, total: int | None, validator: str | None
+) -> int | None:
+    """Where this answer's body starts in the image, or None when it cannot be trusted.
+
+    A 200 is the whole image from 0. A 206 must start where we asked, end at its total, agree
+    with the first answer's total and validator, and carry a Content-Length that fits.
+    """
+    if response.status_code != 206:
+        return 0
+    found = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if found is None:
+        return None
+    first, last, size = (int(g) for g in found.groups())
+    length = response.headers.get("Content-Length", "")
+    if first != asked or last != size - 1 or (total is not None and size != total):
+        return None
+    if length and (not length.isdigit() or int(length) != last - first + 1):
+        return None
+    if asked and validator is not None and _validator(response) not in (None, validator):
+        return None
+    return first
 
 
 def _raise_for_status(response: requests.Response, url: str) -> None:
@@ -286,20 +328,34 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
 
 
 def open_source(
-    text: str, *, connect_timeout: float = 10.0, stall_timeout: float = 30.0
+    text: str,
+    *,
+    options: HttpOptions | None = None,
+    resolve: Resolver = system_resolver,
+    classify_address: Callable[[str], AddressClass] = classify,
 ) -> ImageSource:
-    """Turn what the user typed into a source; refuse schemes we never read."""
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
+    """Turn what the user typed into a source; refuse schemes we never read.
+
+    A malformed http(s) URL (bad port, bad IPv6 literal, no host) is an InvalidRequest with
+    reason "bad-url" (exit 2), its credentials redacted.
+    """
+    found = _SCHEME.match(text)
+    scheme = found.group(1).lower() if found else ""
     if scheme in ("http", "https"):
-        if not parts.hostname:
-            raise InvalidRequest(f"not a valid URL: {redact_url(text)}")
-        return HttpSource(text, connect_timeout=connect_timeout, stall_timeout=stall_timeout)
+        check_url(text)
+        client = HttpClient(options, resolve=resolve, classify_address=classify_address)
+        return HttpSource(text, client=client)
     if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise InvalidRequest(f"file: URLs must name a local path: {text}")
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            parts = None
+        if parts is None or parts.netloc not in ("", "localhost"):
+            raise InvalidRequest(
+                f"file: URLs must name a local path: {redact_url(text)}", reason="bad-url"
+            )
         return LocalFileSource(Path(unquote(parts.path)))
-    if scheme and len(scheme) > 1:  # "C:" style paths do not exist here; anything else is a URL
+    if len(scheme) > 1:  # "C:" style paths do not exist here; anything else is a URL
         raise InvalidRequest(
             f"unsupported image source scheme {scheme!r}",
             hint="use a local path, file://, http:// or https://",
