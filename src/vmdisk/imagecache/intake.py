@@ -40,6 +40,10 @@ from vmdisk.units import GiB
 BLOCK = 4096
 _ZERO = bytes(1024 * 1024)
 MAX_RESUMES = 5
+#: What force_raw_images = false keeps as it came. Every backend can put a qcow2 overlay on (or
+#: copy and grow) raw and qcow2; vmdk, vhdx and vpc cannot be grown by `qemu-img resize`, so
+#: they always become raw.
+KEPT_FORMATS = frozenset({"qcow2"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +230,8 @@ class Intake:
         sha256 = sink.sha256.hexdigest() if final == part else hash_sparse_file(final)
         if fmt == "raw":
             inspect.recheck_raw_base(final)
-        cluster = info.cluster_size if fmt != "raw" else None
+        # Only a qcow2 base's cluster size is one an overlay can reuse (a VHDX block is 32 MiB).
+        cluster = info.cluster_size if fmt == "qcow2" else None
         return _Prepared(final, fmt, found.format, info.virtual_size, sha256, cluster)
 
     def _prepare_boot_file(self, sink: _Sink, part: Path, kind: str) -> _Prepared:
@@ -314,7 +319,7 @@ class Intake:
     def _convert(
         self, part: Path, converted: Path, found: inspect.Detection
     ) -> tuple[Path, str, ImageInfo]:
-        if found.qemu_format == "raw" or not self.force_raw:
+        if found.qemu_format == "raw" or (found.qemu_format in KEPT_FORMATS and not self.force_raw):
             return part, found.qemu_format, self.qemu.info(part, found.qemu_format)
         require_space(self.base_dir, part.stat().st_blocks * 512, "the conversion to raw")
         cache = "none" if direct_io_supported(self.base_dir) else "writeback"
