@@ -184,3 +184,8 @@ __all__ = [
     "plan_disks",
     "__version__",
 ]
+
+# -- issue 16, intake side (appended) --
+from vmdisk.errors import CacheEntryConflict
+
+__all__ += ["CacheEntryConflict"]

@@ -142,6 +142,11 @@ class ImageCacheSettings:
     manager_interval: int = _kind("int", 2400)
     download_connect_timeout: int = _kind("int", 10)
     download_stall_timeout: int = _kind("int", 30)
+    # A body slower than download_min_rate over any download_rate_window seconds, or longer
+    # than download_deadline in all, is abandoned (a drip feed must not hold the entry lock).
+    download_min_rate: int = _kind("size", 16 * 1024)
+    download_rate_window: int = _kind("int", 60)
+    download_deadline: int = _kind("int", 6 * 3600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ A source only yields bytes; deciding whether they are a safe image is inspect.py
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -34,6 +35,12 @@ class Opened:
     chunks: Iterator[bytes]
     total: int | None  # the whole image's size, when the source knows it
     resumable: bool
+    abort: Callable[[], None] | None = None  # unblocks a read in progress from another thread
+
+    def close(self) -> None:
+        """Make a read blocked in `chunks` fail now (intake's watchdog: too slow, too long)."""
+        if self.abort is not None:
+            self.abort()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +234,7 @@ class HttpSource:
         length = response.headers.get("Content-Length")
         total = int(length) + offset if length and length.isdigit() else None
         resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" or offset > 0
-        return Opened(self._stream(response), total, resumable)
+        return Opened(self._stream(response), total, resumable, lambda: _shut(response))
 
     def _follow(self, headers: dict[str, str]) -> requests.Response:
         url = self.url
@@ -270,6 +277,14 @@ class HttpSource:
             raise TransientFetchError(f"download from {self.display} was cut: {exc}") from exc
         finally:
             response.close()
+
+
+def _shut(response: requests.Response) -> None:
+    """shutdown(2) the socket: unlike close, it wakes a recv blocked in another thread."""
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _raise_for_status(response: requests.Response, url: str) -> None:
