@@ -93,3 +93,199 @@ def test_vhdx_without_force_raw_makes_a_working_disk(
     cached = host.cache.lookup(host.resolve(ImageRequest(str(vhdx))).name)
     assert cached is not None and cached.record.format == "raw"
     assert sha256(cached.path) != ""
+
+
+# -- 1. pinning holds on a cache hit ----------------------------------------------------------
+
+
+def test_a_hit_under_another_source_is_refused_and_replace_takes_over(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from tests.httpserver import Route, serve
+    from vmdisk.errors import CacheEntryConflict
+    from vmdisk.imagecache.records import Checksum
+
+    host = make_host(settings)
+    evil, good = random_raw(tmp_path / "evil.raw"), random_raw(tmp_path / "good.raw")
+    with serve({"/good.raw": Route(good.read_bytes())}) as srv:
+        url = srv.url("/good.raw")
+        host.fetch_image(ImageRequest(str(evil), image_id=url))  # planted under the URL's id
+        pinned = ImageRequest(url, checksum=Checksum("sha256", sha256(good)))
+        with pytest.raises(CacheEntryConflict) as err:
+            host.fetch_image(pinned)
+        assert err.value.reason == "source-mismatch" and err.value.exit_code == 4
+        assert str(evil) in err.value.message and url in err.value.message
+        assert "--replace" in (err.value.hint or "")
+        with pytest.raises(CacheEntryConflict):
+            host.create_instance(InstanceSpec("vm1", UUID, Flavor("t", 1, 256, 1)), pinned)
+        assert srv.hits["/good.raw"] == 0 and host.instances() == []
+        cached = host.fetch_image(dataclasses.replace(pinned, replace=True))
+        assert srv.hits["/good.raw"] == 1 and not cached.cached
+    assert sha256(cached.path) == sha256(good)
+    assert host.fetch_image(pinned).cached  # the pins hold now
+
+
+@pytest.mark.parametrize("pin", ["sha256", "md5", "sha512-unrecorded", "format", "max_size"])
+def test_a_hit_that_contradicts_a_pin_is_refused(
+    settings: Settings, tmp_path: Path, pin: str
+) -> None:
+    import hashlib
+
+    from vmdisk.errors import CacheEntryConflict
+    from vmdisk.imagecache.records import Checksum
+
+    host = make_host(settings)
+    img = random_raw(tmp_path / "a.raw")
+    host.fetch_image(
+        ImageRequest(str(img), checksum=Checksum("md5", hashlib.md5(img.read_bytes()).hexdigest()))
+    )
+    wrong = {
+        "sha256": ImageRequest(str(img), checksum=Checksum("sha256", "0" * 64)),
+        "md5": ImageRequest(str(img), checksum=Checksum("md5", "0" * 32)),
+        "sha512-unrecorded": ImageRequest(str(img), checksum=Checksum("sha512", "0" * 128)),
+        "format": ImageRequest(str(img), declared_format="qcow2"),
+        "max_size": ImageRequest(str(img), max_size=MiB),
+    }[pin]
+    with pytest.raises(CacheEntryConflict) as err:
+        host.fetch_image(wrong)
+    reason = {"sha512-unrecorded": "checksum-unverifiable", "format": "format-mismatch"}
+    assert err.value.reason == reason.get(
+        pin, "too-large" if pin == "max_size" else "checksum-mismatch"
+    )
+    assert err.value.exit_code == 4
+    # the right pins still hit
+    right = ImageRequest(str(img), checksum=Checksum("sha256", sha256(img)), declared_format="raw")
+    assert host.fetch_image(right).cached
+
+
+# -- 2. sizes refused before anything expands -------------------------------------------------
+
+
+def qcow2_bomb(path: Path, virtual: str = "8G") -> Path:
+    """A small qcow2 whose header declares a big disk: only the header is needed to refuse."""
+    run("qemu-img", "create", "-q", "-f", "qcow2", path, virtual)
+    run("qemu-io", "-f", "qcow2", "-c", "write -c -P 0x41 0 64k", path)
+    return path
+
+
+def test_flavor_root_is_checked_against_the_header_before_qemu_img(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from vmdisk.errors import FlavorDiskSmallerThanImage
+
+    bomb = qcow2_bomb(tmp_path / "bomb.qcow2")
+    host = make_host(settings)
+    calls_before = host.runner.calls
+    with pytest.raises(FlavorDiskSmallerThanImage) as err:
+        host.create_instance(
+            InstanceSpec("vm1", UUID, Flavor("t", 1, 256, 1)), ImageRequest(str(bomb))
+        )
+    assert err.value.reason == "flavor-too-small" and "8.0 GiB" in err.value.message
+    assert host.runner.calls == calls_before  # not even qemu-img info ran
+    assert base_files(host) == [] and host.instances() == []
+
+
+def test_flavor_too_small_is_refused_at_the_first_chunk(settings: Settings, tmp_path: Path) -> None:
+    from tests.httpserver import Route, serve
+    from vmdisk.errors import FlavorDiskSmallerThanImage
+
+    bomb = qcow2_bomb(tmp_path / "bomb.qcow2")
+    body = bomb.read_bytes() + bytes(64 * MiB)  # the tail comes slowly: we must not wait for it
+    host = make_host(settings)
+    with serve({"/b.qcow2": Route(body, rate=4 * MiB)}) as srv:
+        start = __import__("time").monotonic()
+        with pytest.raises(FlavorDiskSmallerThanImage):
+            host.create_instance(
+                InstanceSpec("vm1", UUID, Flavor("t", 1, 256, 1)), ImageRequest(srv.url("/b.qcow2"))
+            )
+        assert __import__("time").monotonic() - start < 5  # the whole body takes 16 s
+    assert base_files(host) == [] and host.instances() == []
+
+
+def test_endless_raw_body_stops_at_max_size(settings: Settings) -> None:
+    import socket
+    import threading
+
+    from vmdisk.errors import ImageTooLarge
+
+    sent = [0]
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def endless() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        chunk = b"\xaa" * 65536
+        try:
+            while sent[0] < 512 * MiB:
+                conn.sendall(chunk)
+                sent[0] += len(chunk)
+        except OSError:
+            pass
+        conn.close()
+
+    threading.Thread(target=endless, daemon=True).start()
+    host = make_host(settings)
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/endless"
+    with pytest.raises(ImageTooLarge) as err:
+        host.fetch_image(ImageRequest(url, declared_format="raw", max_size=MiB))
+    srv.close()
+    assert err.value.exit_code == 4 and err.value.reason == "too-large"
+    assert sent[0] < 16 * MiB  # stopped at ~1 MiB (plus what the socket buffers held)
+    assert base_files(host) == []
+
+
+def test_a_sparse_raw_larger_than_free_space_is_accepted(tmp_path: Path) -> None:
+    from tests.integration.test_reliability import small_filesystem
+    from vmdisk.settings import load_settings
+
+    sparse = tmp_path / "sparse.raw"
+    with open(sparse, "wb") as fh:
+        fh.write(b"\x55" * MiB)
+        fh.truncate(1024 * MiB)  # 1 GiB apparent, 1 MiB of data
+    qcow = tmp_path / "sparse.qcow2"
+    run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", sparse, qcow)
+    with small_filesystem(tmp_path, 64) as fs:
+        host = Host(load_settings(None, env={}, overrides={"instances_path": str(fs / "inst")}))
+        host.prepare()
+        assert host.fetch_image(ImageRequest(str(sparse))).record.virtual_size == 1024 * MiB
+        assert host.fetch_image(ImageRequest(str(qcow))).record.format == "raw"
+
+
+# -- time bombs: a drip feed -----------------------------------------------------------------
+
+
+def test_a_drip_fed_body_is_abandoned_for_its_rate(settings: Settings) -> None:
+    import time
+
+    from tests.httpserver import Route, serve
+    from vmdisk.errors import ImageFetchError
+
+    cache = dataclasses.replace(
+        settings.image_cache, download_min_rate=1024, download_rate_window=2, download_deadline=60
+    )
+    host = make_host(settings, image_cache=cache)
+    with serve({"/drip": Route(bytes(MiB), rate=10)}) as srv:  # 10 bytes/s, forever
+        start = time.monotonic()
+        with pytest.raises(ImageFetchError) as err:
+            host.fetch_image(ImageRequest(srv.url("/drip")))
+        assert time.monotonic() - start < 10
+    assert err.value.reason == "download-too-slow" and "bytes/s" in err.value.message
+    assert base_files(host) == []
+
+
+def test_a_body_past_its_deadline_is_abandoned(settings: Settings) -> None:
+    import time
+
+    from tests.httpserver import Route, serve
+    from vmdisk.errors import ImageFetchError
+
+    cache = dataclasses.replace(settings.image_cache, download_min_rate=1, download_deadline=2)
+    host = make_host(settings, image_cache=cache)
+    with serve({"/slow": Route(bytes(16 * MiB), rate=MiB)}) as srv:
+        start = time.monotonic()
+        with pytest.raises(ImageFetchError) as err:
+            host.fetch_image(ImageRequest(srv.url("/slow")))
+        assert time.monotonic() - start < 8
+    assert err.value.reason == "download-deadline"
+    assert base_files(host) == []
