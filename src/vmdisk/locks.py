@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from vmdisk.errors import LockTimeout
+from vmdisk.errors import InsufficientSpace, LockTimeout
 
 PREFIX = "vmdisk-"
 
@@ -81,12 +81,27 @@ class Locks:
             self.path(name).unlink()
 
     def _open(self, name: str) -> int:
+        try:
+            return self._create(name)
+        except FileNotFoundError:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return self._create(name)
+
+    def _create(self, name: str) -> int:
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             return os.open(self.path(name), flags, 0o644)
-        except FileNotFoundError:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path(name), flags, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Out of blocks or, as often on a small _base, out of inodes: a lock file is
+            # the first file a fetch creates, so this is where it shows.
+            raise InsufficientSpace(
+                f"cannot create lock file {self.path(name).name} in {self.directory}: "
+                f"no space or no free inodes ({os.strerror(exc.errno)})",
+                reason="insufficient-space",
+                hint="free some space or inodes (vmdisk cache prune) and run the command again",
+            ) from exc
 
     @contextlib.contextmanager
     def _hold(

@@ -289,3 +289,183 @@ def test_a_body_past_its_deadline_is_abandoned(settings: Settings) -> None:
         assert time.monotonic() - start < 8
     assert err.value.reason == "download-deadline"
     assert base_files(host) == []
+
+
+# -- 3. qemu-img CPU bounded by what is there; a limit kill is a refusal ----------------------
+
+
+def test_convert_cpu_is_bounded_by_the_file_not_the_declared_size() -> None:
+    from vmdisk.imagecache.intake import CONVERT_CPU_CEILING, convert_cpu_limit
+
+    tiny_file_huge_header = convert_cpu_limit(30, 64 * 1024)  # virtual size plays no part
+    assert tiny_file_huge_header == 50
+    assert convert_cpu_limit(30, 10**15) == CONVERT_CPU_CEILING
+
+
+def test_a_limit_kill_is_a_resource_limit_refusal(settings: Settings, tmp_path: Path) -> None:
+    from vmdisk.errors import UnsafeImage
+    from vmdisk.tools.runner import Limits
+
+    bomb = qcow2_bomb(tmp_path / "b.qcow2", "64M")
+    host = make_host(settings)
+    # An address space no qemu-img can start in: the kill path, without burning a CPU minute.
+    host.qemu.limits = Limits(address_space=8 * MiB, cpu_seconds=1)
+    with pytest.raises(UnsafeImage) as err:
+        host.fetch_image(ImageRequest(str(bomb)))
+    assert err.value.reason == "resource-limit" and err.value.exit_code == 4
+    assert "exit code" not in err.value.message
+    assert base_files(host) == []
+
+
+def test_check_killed_by_a_signal_is_a_limit_not_an_exit_code(tmp_path: Path) -> None:
+    from vmdisk.errors import ToolLimitExceeded
+    from vmdisk.tools.qemu_img import QemuImg
+    from vmdisk.tools.runner import Limits, SubprocessRunner
+
+    img = qcow2_bomb(tmp_path / "c.qcow2", "64M")
+    # A real qemu-img check under a CPU limit of 1 s that it cannot meet: SIGXCPU, rc -24
+    # (the runner's shim spins before exec'ing qemu-img so the kill is certain).
+    shim = tmp_path / "qemu-img"
+    shim.write_text("#!/bin/sh\nwhile :; do :; done\n")
+    shim.chmod(0o755)
+    qemu = QemuImg(SubprocessRunner(), Limits(cpu_seconds=1))
+    qemu.runner._which["qemu-img"] = str(shim)  # type: ignore[attr-defined]
+    with pytest.raises(ToolLimitExceeded) as err:
+        qemu.check(img, "qcow2")
+    assert err.value.reason == "resource-limit" and "signal" in err.value.message
+
+
+# -- 4. children die with their parent --------------------------------------------------------
+
+
+def test_a_limited_child_dies_with_its_killed_parent(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from vmdisk.tools.runner import Limits, SubprocessRunner\n"
+        "SubprocessRunner().run(['sleep', '60'], limits=Limits(cpu_seconds=30))\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    deadline = time.monotonic() + 10
+    while not children.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child = int(children.read_text().split()[0])
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        stat = Path(f"/proc/{child}/stat").read_text() if Path(f"/proc/{child}").exists() else ""
+        if stat.split(") ")[-1].startswith("Z"):
+            break  # dead, waiting to be reaped by init
+        time.sleep(0.02)
+    alive = Path(f"/proc/{child}").exists() and not Path(f"/proc/{child}/stat").read_text().split(
+        ") "
+    )[-1].startswith("Z")
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the orphaned child kept running"
+
+
+# -- 5. a waiter names the holder and gives up at its deadline --------------------------------
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def start(self, label: str, total: int | None) -> None:
+        self.lines.append(label)
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
+
+
+def test_a_waiter_says_who_holds_the_lock_and_gives_up(settings: Settings, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from vmdisk.errors import LockTimeout
+    from vmdisk.locks import Locks
+
+    img = random_raw(tmp_path / "a.raw")
+    host = make_host(settings)
+    name = host.resolve(ImageRequest(str(img))).name
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom vmdisk.locks import Locks\n"
+            f"with Locks(Path({str(host.settings.locks_dir)!r})).exclusive({name!r}):\n"
+            "    print('held', flush=True); time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        lines = Lines()
+        host.cache.locks = Locks(host.settings.locks_dir, timeout=1)
+        host.cache.intake.progress = lines
+        with pytest.raises(LockTimeout) as err:
+            host.fetch_image(ImageRequest(str(img)))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lines.lines == [f"waiting for pid {holder.pid}, which holds lock {name}"]
+    assert f"held by pid {holder.pid}" in err.value.message and err.value.reason == "lock-timeout"
+    assert base_files(host) == []
+
+
+# -- 7. inode exhaustion in _base ------------------------------------------------------------
+
+
+def test_inode_exhaustion_is_insufficient_space_and_leaves_nothing(tmp_path: Path) -> None:
+    import os
+
+    from tests.images import vmdisk_argv
+    from tests.integration.test_reliability import small_filesystem
+
+    img = random_raw(tmp_path / "a.raw", MiB)
+    with small_filesystem(tmp_path, 16) as fs:
+        inst = fs / "inst"
+        host = Host(
+            __import__("vmdisk.settings", fromlist=["x"]).load_settings(
+                None, env={}, overrides={"instances_path": str(inst)}
+            )
+        )
+        host.prepare()
+        n = 0
+        try:
+            while True:
+                (fs / f"f{n}").touch()
+                n += 1
+        except OSError:
+            pass
+        before = sorted(os.listdir(inst / "_base"))
+        import subprocess
+
+        done = subprocess.run(
+            vmdisk_argv(inst, "image", "fetch", str(img)), capture_output=True, text=True
+        )
+        import json
+
+        error = json.loads(done.stdout)["error"]
+        assert done.returncode == 1, done.stdout
+        assert error["type"] == "InsufficientSpace" and error["reason"] == "insufficient-space"
+        assert "inodes" in error["message"] and "Traceback" not in done.stderr
+        assert sorted(os.listdir(inst / "_base")) == before
+        (fs / "f0").unlink()  # one inode for the lock file; the .part file still cannot be made
+        done = subprocess.run(
+            vmdisk_argv(inst, "image", "fetch", str(img)), capture_output=True, text=True
+        )
+        error = json.loads(done.stdout)["error"]
+        assert done.returncode == 1 and error["reason"] == "insufficient-space", done.stdout
+        assert sorted(os.listdir(inst / "_base")) == before

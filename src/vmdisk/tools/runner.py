@@ -250,7 +250,9 @@ def _failure(result: CommandResult, limits: Limits | None) -> VmdiskError:
             hint="free some space (vmdisk cache prune) and run the command again",
         )
     killed_by = {-signal.SIGKILL: "SIGKILL", -signal.SIGXCPU: "SIGXCPU", -signal.SIGSEGV: "SIGSEGV"}
-    if limits and (rc in killed_by or "Cannot allocate memory" in stderr):
+    # Under an address-space limit the loader itself may fail to map a library.
+    out_of_memory = "Cannot allocate memory" in stderr or "failed to map segment" in stderr
+    if limits and (rc in killed_by or out_of_memory):
         return ToolLimitExceeded(
             f"{result.argv[0]} exceeded its resource limits "
             f"(address space {limits.address_space} bytes, cpu {limits.cpu_seconds} s)",
