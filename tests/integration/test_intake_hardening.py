@@ -4,6 +4,7 @@ legitimate images that used to be refused, and inode exhaustion in `_base`."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from tests.images import MiB, run, sha256
 from vmdisk.host import Host
 from vmdisk.imagecache.store import ImageRequest
 from vmdisk.model import InstanceSpec
-from vmdisk.settings import Flavor, ImagesType, Settings
+from vmdisk.settings import Flavor, ImagesType, Settings, load_settings
 
 UUID = "0b7e5d2a-4c1f-4e8a-9d3b-2f6a1c0e9b77"
 
@@ -193,12 +194,12 @@ def test_flavor_too_small_is_refused_at_the_first_chunk(settings: Settings, tmp_
     body = bomb.read_bytes() + bytes(64 * MiB)  # the tail comes slowly: we must not wait for it
     host = make_host(settings)
     with serve({"/b.qcow2": Route(body, rate=4 * MiB)}) as srv:
-        start = __import__("time").monotonic()
+        start = time.monotonic()
         with pytest.raises(FlavorDiskSmallerThanImage):
             host.create_instance(
                 InstanceSpec("vm1", UUID, Flavor("t", 1, 256, 1)), ImageRequest(srv.url("/b.qcow2"))
             )
-        assert __import__("time").monotonic() - start < 5  # the whole body takes 16 s
+        assert time.monotonic() - start < 5  # the whole body takes 16 s
     assert base_files(host) == [] and host.instances() == []
 
 
@@ -237,7 +238,6 @@ def test_endless_raw_body_stops_at_max_size(settings: Settings) -> None:
 
 def test_a_sparse_raw_larger_than_free_space_is_accepted(tmp_path: Path) -> None:
     from tests.integration.test_reliability import small_filesystem
-    from vmdisk.settings import load_settings
 
     sparse = tmp_path / "sparse.raw"
     with open(sparse, "wb") as fh:
@@ -256,8 +256,6 @@ def test_a_sparse_raw_larger_than_free_space_is_accepted(tmp_path: Path) -> None
 
 
 def test_a_drip_fed_body_is_abandoned_for_its_rate(settings: Settings) -> None:
-    import time
-
     from tests.httpserver import Route, serve
     from vmdisk.errors import ImageFetchError
 
@@ -275,8 +273,6 @@ def test_a_drip_fed_body_is_abandoned_for_its_rate(settings: Settings) -> None:
 
 
 def test_a_body_past_its_deadline_is_abandoned(settings: Settings) -> None:
-    import time
-
     from tests.httpserver import Route, serve
     from vmdisk.errors import ImageFetchError
 
@@ -343,7 +339,6 @@ def test_a_limited_child_dies_with_its_killed_parent(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     code = (
         "from vmdisk.tools.runner import Limits, SubprocessRunner\n"
@@ -436,11 +431,7 @@ def test_inode_exhaustion_is_insufficient_space_and_leaves_nothing(tmp_path: Pat
     img = random_raw(tmp_path / "a.raw", MiB)
     with small_filesystem(tmp_path, 16) as fs:
         inst = fs / "inst"
-        host = Host(
-            __import__("vmdisk.settings", fromlist=["x"]).load_settings(
-                None, env={}, overrides={"instances_path": str(inst)}
-            )
-        )
+        host = Host(load_settings(None, env={}, overrides={"instances_path": str(inst)}))
         host.prepare()
         n = 0
         try:
@@ -453,7 +444,10 @@ def test_inode_exhaustion_is_insufficient_space_and_leaves_nothing(tmp_path: Pat
         import subprocess
 
         done = subprocess.run(
-            vmdisk_argv(inst, "image", "fetch", str(img)), capture_output=True, text=True
+            vmdisk_argv(inst, "image", "fetch", str(img)),
+            check=False,
+            capture_output=True,
+            text=True,
         )
         import json
 
@@ -464,7 +458,10 @@ def test_inode_exhaustion_is_insufficient_space_and_leaves_nothing(tmp_path: Pat
         assert sorted(os.listdir(inst / "_base")) == before
         (fs / "f0").unlink()  # one inode for the lock file; the .part file still cannot be made
         done = subprocess.run(
-            vmdisk_argv(inst, "image", "fetch", str(img)), capture_output=True, text=True
+            vmdisk_argv(inst, "image", "fetch", str(img)),
+            check=False,
+            capture_output=True,
+            text=True,
         )
         error = json.loads(done.stdout)["error"]
         assert done.returncode == 1 and error["reason"] == "insufficient-space", done.stdout

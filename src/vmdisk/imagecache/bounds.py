@@ -91,11 +91,14 @@ class Bounds:
             self._raw_limits(offset)
         elif self.byte_cap is not None and offset > self.byte_cap:
             raise too_large(offset, self.byte_cap, "the download")
+
+    def before_chunk(self, length: int, fd: int) -> None:
+        """Refuse a chunk that might not fit instead of letting the file system fill up."""
         allocated = os.fstat(fd).st_blocks * 512
-        if allocated > self.free:
+        if allocated + length > self.free:
             raise InsufficientSpace(
                 f"not enough space in {self.base_dir} for {self.what}: needs more than "
-                f"{format_size(allocated)}, {format_size(self.free)} was free",
+                f"{format_size(allocated + length)}, {format_size(self.free)} was free",
                 reason="insufficient-space",
                 hint="free some space (vmdisk cache prune) or point instances_path elsewhere",
             )

@@ -337,6 +337,7 @@ class Intake:
                     self.progress.start(f"fetching {source.display}", opened.total)
                     started = True
                 for chunk in opened.chunks:
+                    bounds.before_chunk(len(chunk), sink.fd)
                     sink.write(chunk)
                     watchdog.offset = sink.offset
                     if not bounds.decided and (early := sink.inspector.early_size()):
