@@ -87,13 +87,13 @@ class Bounds:
                     f"{self.what} sent more than {source} of {limit} bytes",
                     reason="oversized-download",
                 )
-        if self.raw_only or (self.decided and self.byte_cap is None):
-            self._raw_limits(offset)
-        elif self.byte_cap is not None and offset > self.byte_cap:
+        if self.byte_cap is not None and offset > self.byte_cap:
             raise too_large(offset, self.byte_cap, "the download")
 
-    def before_chunk(self, length: int, fd: int) -> None:
-        """Refuse a chunk that might not fit instead of letting the file system fill up."""
+    def before_chunk(self, offset: int, length: int, fd: int) -> None:
+        """Refuse a chunk that would pass a raw limit or might not fit, before writing it."""
+        if self.raw_only or (self.decided and self.byte_cap is None):
+            self._raw_limits(offset + length)
         allocated = os.fstat(fd).st_blocks * 512
         if allocated + length > self.free:
             raise InsufficientSpace(
@@ -106,9 +106,14 @@ class Bounds:
     def _raw_limits(self, offset: int) -> None:
         """A raw image's size is its byte count: stop the moment it passes a limit."""
         if self.virtual_limit is not None and offset > self.virtual_limit:
-            raise too_large(offset, self.virtual_limit, "the raw download is already")
+            raise ImageTooLarge(
+                f"the raw download passed the limit of {format_size(self.virtual_limit)} "
+                "(a raw image's size is its byte count); stopped there",
+                reason="too-large",
+                hint="raise --max-size (or [image_cache] max_virtual_size) if this is expected",
+            )
         if self.root_size is not None and offset > self.root_size and not self.raw_only:
-            raise flavor_too_small(offset, self.root_size)
+            raise flavor_too_small(offset, self.root_size, partial=True)
 
 
 class Watchdog:

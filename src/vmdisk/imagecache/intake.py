@@ -304,6 +304,8 @@ class Intake:
             root_size=root_size,
             raw_only=request.kind != "image",
         )
+        if request.declared_format == "raw":
+            bounds.decide("raw", None)  # its bytes are its size from the first one
         watchdog = Watchdog(self.download, bounds.what)
         try:
             self._stream_into(request.source, sink, bounds, watchdog)
@@ -337,7 +339,7 @@ class Intake:
                     self.progress.start(f"fetching {source.display}", opened.total)
                     started = True
                 for chunk in opened.chunks:
-                    bounds.before_chunk(len(chunk), sink.fd)
+                    bounds.before_chunk(sink.offset, len(chunk), sink.fd)
                     sink.write(chunk)
                     watchdog.offset = sink.offset
                     if not bounds.decided and (early := sink.inspector.early_size()):

@@ -114,11 +114,17 @@ def _within_limits(
         raise flavor_too_small(size, root_size)
 
 
-def flavor_too_small(image_size: int, root_size: int) -> FlavorDiskSmallerThanImage:
-    """The same error backends.base.verify_base_size raises, available before any byte lands."""
+def flavor_too_small(
+    image_size: int, root_size: int, *, partial: bool = False
+) -> FlavorDiskSmallerThanImage:
+    """The same error backends.base.verify_base_size raises, available before any byte lands.
+
+    partial: a raw download stopped at `image_size` bytes, which is only a lower bound.
+    """
+    what = "the raw download already passes" if partial else "the image's virtual size"
+    verb = ", more than" if partial else " is larger than"
     return FlavorDiskSmallerThanImage(
-        f"the image's virtual size {format_size(image_size)} is larger than "
-        f"the flavor's root disk {format_size(root_size)}",
+        f"{what} {format_size(image_size)}{verb} the flavor's root disk {format_size(root_size)}",
         reason="flavor-too-small",
         hint="pick a flavor with a larger root disk, or --root-gb 0 for the image's size",
     )

@@ -285,6 +285,12 @@ def _shut(response: requests.Response) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+        return
+    # "Connection: close": http.client dropped its socket object but still reads the fd.
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        fd = response.raw._fp.fp.fileno()  # type: ignore[union-attr]
+        with socket.socket(fileno=os.dup(fd)) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
 
 
 def _raise_for_status(response: requests.Response, url: str) -> None:
