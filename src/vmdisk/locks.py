@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Protocol
 from vmdisk.errors import InsufficientSpace, LockTimeout
 
 PREFIX = "vmdisk-"
+log = logging.getLogger(__name__)
 
 
 class Waiting(Protocol):
@@ -43,19 +45,30 @@ class Locks:
 
     @contextlib.contextmanager
     def exclusive(
-        self, name: str, *, timeout: float | None = None, waiting: Waiting | None = None
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        waiting: Waiting | None = None,
+        what: str | None = None,
     ) -> Iterator[None]:
-        """`waiting` hears who holds the lock if it is busy; LockTimeout at the deadline."""
+        """`waiting` hears who holds the lock (for `what`) if it is busy; LockTimeout at the
+        deadline names the holder too."""
         limit = self.timeout if timeout is None else timeout
-        with self._hold(name, fcntl.LOCK_EX, limit, waiting):
+        with self._hold(name, fcntl.LOCK_EX, limit, waiting, what):
             yield
 
     @contextlib.contextmanager
     def shared(
-        self, name: str, *, timeout: float | None = None, waiting: Waiting | None = None
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        waiting: Waiting | None = None,
+        what: str | None = None,
     ) -> Iterator[None]:
         limit = self.timeout if timeout is None else timeout
-        with self._hold(name, fcntl.LOCK_SH, limit, waiting):
+        with self._hold(name, fcntl.LOCK_SH, limit, waiting, what):
             yield
 
     def try_exclusive(self, name: str) -> contextlib.AbstractContextManager[bool]:
@@ -105,12 +118,17 @@ class Locks:
 
     @contextlib.contextmanager
     def _hold(
-        self, name: str, mode: int, timeout: float, waiting: Waiting | None = None
+        self,
+        name: str,
+        mode: int,
+        timeout: float,
+        waiting: Waiting | None = None,
+        what: str | None = None,
     ) -> Iterator[None]:
         deadline = time.monotonic() + timeout
         while True:
             fd = self._open(name)
-            _acquire(fd, mode, deadline, name, waiting)
+            _acquire(fd, mode, deadline, name, waiting, what)
             # The file may have been removed (by a cleaner holding it) while we waited:
             # a lock on an unlinked inode protects nothing, so start again.
             if _same_file(fd, self.path(name)):
@@ -123,7 +141,12 @@ class Locks:
 
 
 def _acquire(
-    fd: int, mode: int, deadline: float, name: str, waiting: Waiting | None = None
+    fd: int,
+    mode: int,
+    deadline: float,
+    name: str,
+    waiting: Waiting | None = None,
+    what: str | None = None,
 ) -> None:
     delay = 0.001
     started = time.monotonic()
@@ -137,8 +160,12 @@ def _acquire(
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
                     raise
-            if not told and waiting is not None:
-                waiting.start(f"waiting for {_holders_text(fd)}, which holds lock {name}", None)
+            if not told:
+                line = f"waiting for {_holders_text(fd)}, which holds lock {name}"
+                line += f" ({what})" if what else ""
+                log.info("%s", line)
+                if waiting is not None:
+                    waiting.start(line, None)
                 told = True
             if time.monotonic() >= deadline:
                 holder = _holders_text(fd)

@@ -416,7 +416,9 @@ def test_a_waiter_says_who_holds_the_lock_and_gives_up(settings: Settings, tmp_p
     finally:
         holder.kill()
         holder.wait()
-    assert lines.lines == [f"waiting for pid {holder.pid}, which holds lock {name}"]
+    assert lines.lines == [
+        f"waiting for pid {holder.pid}, which holds lock {name} (fetching {img})"
+    ]
     assert f"held by pid {holder.pid}" in err.value.message and err.value.reason == "lock-timeout"
     assert base_files(host) == []
 

@@ -102,7 +102,9 @@ class ImageCache:
         found = self.lookup(name)
         if found is not None and not request.request.replace:
             return self._pinned(found, request, root_size)
-        with self.locks.exclusive(name, waiting=self.intake.progress):
+        with self.locks.exclusive(
+            name, waiting=self.intake.progress, what=f"fetching {request.source.display}"
+        ):
             found = self.lookup(name)
             if found is not None:
                 if not request.request.replace:
@@ -151,7 +153,7 @@ class ImageCache:
             self.ensure(request, root_size=root_size)
             fetched = True
         for _attempt in range(3):
-            with self.locks.shared(name, waiting=self.intake.progress):
+            with self.locks.shared(name, waiting=self.intake.progress, what=image_id):
                 found = self.lookup(name)
                 if found is not None:
                     self._pinned(found, request, root_size)
