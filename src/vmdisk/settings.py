@@ -438,3 +438,13 @@ def _validate(settings: Settings, where: str) -> None:
         raise SettingsError(f"{where}: [libvirt] volume_clear_size must be 0 (all) or more")
     if lib.images_type is ImagesType.RBD and not settings.force_raw_images:
         raise SettingsError(f"{where}: images_type = 'rbd' needs force_raw_images = true")
+    _validate_download(settings.image_cache, where)
+
+
+def _validate_download(c: ImageCacheSettings, where: str) -> None:
+    """The download watchdog's settings (issue 16): a zero window or deadline would refuse all."""
+    if c.download_rate_window <= 0 or c.download_deadline <= 0 or c.download_min_rate < 0:
+        raise SettingsError(
+            f"{where}: [image_cache] download_rate_window and download_deadline must be "
+            "positive, download_min_rate 0 (off) or more"
+        )
