@@ -470,3 +470,21 @@ def test_inode_exhaustion_is_insufficient_space_and_leaves_nothing(tmp_path: Pat
         error = json.loads(done.stdout)["error"]
         assert done.returncode == 1 and error["reason"] == "insufficient-space", done.stdout
         assert sorted(os.listdir(inst / "_base")) == before
+
+
+def test_conversion_is_measured_against_free_space_first(tmp_path: Path) -> None:
+    from tests.integration.test_reliability import small_filesystem
+    from vmdisk.errors import InsufficientSpace
+
+    dense = tmp_path / "dense.raw"
+    dense.write_bytes(b"compressible " * (80 * MiB // 13))  # 80 MiB of data as raw
+    packed = tmp_path / "packed.qcow2"
+    run("qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", dense, packed)
+    assert packed.stat().st_size < 4 * MiB
+    with small_filesystem(tmp_path, 64) as fs:
+        host = Host(load_settings(None, env={}, overrides={"instances_path": str(fs / "inst")}))
+        host.prepare()
+        with pytest.raises(InsufficientSpace) as err:
+            host.fetch_image(ImageRequest(str(packed)))
+        assert "the conversion to raw: needs 80" in err.value.message
+        assert base_files(host) == []

@@ -77,7 +77,7 @@ class Bounds:
             raise flavor_too_small(virtual_size, self.root_size)
         self.byte_cap = virtual_size + virtual_size // 4 + METADATA_SLACK
 
-    def after_chunk(self, offset: int, fd: int) -> None:
+    def after_chunk(self, offset: int) -> None:
         for limit, source in (
             (self.declared_size, "the declared size"),
             (self.total, "its Content-Length"),

@@ -344,7 +344,7 @@ class Intake:
                     watchdog.offset = sink.offset
                     if not bounds.decided and (early := sink.inspector.early_size()):
                         bounds.decide(*early)
-                    bounds.after_chunk(sink.offset, sink.fd)
+                    bounds.after_chunk(sink.offset)
                     self.progress.advance(len(chunk))
                 watchdog.check()
             except TransientFetchError as exc:
