@@ -282,9 +282,10 @@ def _limiter(limits: Limits) -> Callable[[], None]:
         # Die with the parent: a SIGKILLed fetch must not leave a qemu-img converting into
         # _base while the next fetch converts again. If the parent already died before the
         # prctl, the signal will never come: exit now.
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
+        if os.getpid() != parent:  # in the forked child (never in the caller itself)
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(1)
         if limits.address_space:
             resource.setrlimit(resource.RLIMIT_AS, (limits.address_space, limits.address_space))
         if limits.cpu_seconds:
