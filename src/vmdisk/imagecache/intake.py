@@ -194,9 +194,7 @@ def _limits_refuse(image_id: str) -> Iterator[None]:
     except ToolLimitExceeded as exc:
         if exc.reason != "resource-limit":
             raise
-        raise inspect.refuse(
-            "resource-limit", f"image {image_id}: {exc.message}; it was not cached"
-        ) from exc
+        raise inspect.refuse("resource-limit", f"image {image_id}: {exc.message}") from exc
 
 
 class Intake:
