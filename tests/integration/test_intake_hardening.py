@@ -488,3 +488,66 @@ def test_conversion_is_measured_against_free_space_first(tmp_path: Path) -> None
             host.fetch_image(ImageRequest(str(packed)))
         assert "the conversion to raw: needs 80" in err.value.message
         assert base_files(host) == []
+
+
+def test_a_killed_fetch_leaves_no_conversion_running(tmp_path: Path) -> None:
+    """SIGKILL the CLI while qemu-img converts: the conversion dies with it, and the next
+    fetch's conversion is the only one alive while it runs."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    from tests.images import vmdisk_argv
+
+    real = shutil.which("qemu-img")
+    assert real is not None
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    log = tmp_path / "converts.log"
+    # A qemu-img that, for convert, logs its pid and waits before becoming the real one: the
+    # same process (exec), as the real qemu-img is the runner's direct child.
+    (shims / "qemu-img").write_text(
+        "#!/usr/bin/python3\nimport os, sys, time\n"
+        "if sys.argv[1] == 'convert':\n"
+        f"    open({str(log)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "    time.sleep(float(os.environ.get('SHIM_DELAY', '0')))\n"
+        f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n"
+    )
+    (shims / "qemu-img").chmod(0o755)
+    img = tmp_path / "a.qcow2"
+    raw = random_raw(tmp_path / "a.raw")
+    run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, img)
+    inst = tmp_path / "inst"
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "SHIM_DELAY": "60"}
+    first = subprocess.Popen(vmdisk_argv(inst, "image", "fetch", str(img)), env=env)
+    deadline = time.monotonic() + 20
+    while not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphan = int(log.read_text().split()[0])
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    deadline = time.monotonic() + 5
+    while _alive(orphan) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(orphan):
+        os.kill(orphan, signal.SIGKILL)
+        raise AssertionError("the conversion outlived the fetch that started it")
+    env["SHIM_DELAY"] = "0"
+    done = subprocess.run(
+        vmdisk_argv(inst, "image", "fetch", str(img)), env=env, check=False, capture_output=True
+    )
+    assert done.returncode == 0, done.stdout
+    assert len(log.read_text().split()) == 2
+    base = next(p for p in (inst / "_base").iterdir() if p.suffix == "")
+    assert sha256(base) == sha256(raw)
+    assert not [p for p in (inst / "_base").iterdir() if ".part-" in p.name]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for init to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
