@@ -10,6 +10,7 @@ from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend, DiskState
 from vmdisk.boot import BootResult
 from vmdisk.errors import (
     BackendError,
+    CacheEntryConflict,
     CephError,
     CephUnavailable,
     ChecksumMismatch,
@@ -42,6 +43,7 @@ from vmdisk.host import Host
 from vmdisk.imagecache.cleaner import Action, CleanupPlan, CleanupPolicy, CleanupResult, Decision
 from vmdisk.imagecache.entries import EntryKind
 from vmdisk.imagecache.glance import Glance
+from vmdisk.imagecache.http import HttpOptions
 from vmdisk.imagecache.records import BaseRecord, Checksum
 from vmdisk.imagecache.registry import SourceRegistry
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
@@ -183,9 +185,7 @@ __all__ = [
     "parse_network",
     "plan_disks",
     "__version__",
+    # issue 16
+    "CacheEntryConflict",
+    "HttpOptions",
 ]
-
-# issue 16, network client: what SourceRegistry is configured with.
-from vmdisk.imagecache.http import HttpOptions
-
-__all__ += ["HttpOptions"]

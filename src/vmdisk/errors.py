@@ -192,3 +192,14 @@ class InternalError(VmdiskError):
 
     def __init__(self, message: str, *, hint: str | None = None, reason: str | None = "internal"):
         super().__init__(message, hint=hint, reason=reason)
+
+
+# -- issue 16, intake side (appended) ---------------------------------------------------------
+
+
+class CacheEntryConflict(ImageRefused):
+    """A cache hit that contradicts the request: another source, checksum, format or size.
+
+    Exit 4 like every refusal; reasons "source-mismatch", "checksum-mismatch",
+    "checksum-unverifiable", "format-mismatch", "too-large". The hint says how to replace it.
+    """

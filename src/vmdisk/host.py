@@ -14,6 +14,7 @@ from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
+from vmdisk.imagecache.bounds import DownloadPolicy
 from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
 from vmdisk.imagecache.intake import Intake
 from vmdisk.imagecache.registry import SourceRegistry
@@ -57,8 +58,19 @@ class Host:
             force_raw=settings.force_raw_images,
             max_virtual_size=settings.image_cache.max_virtual_size,
             progress=self.progress,
+            download=DownloadPolicy(
+                settings.image_cache.download_min_rate,
+                settings.image_cache.download_rate_window,
+                settings.image_cache.download_deadline,
+            ),
         )
-        self.cache = ImageCache(settings.base_dir, self.locks, self.qemu, intake=intake)
+        self.cache = ImageCache(
+            settings.base_dir,
+            self.locks,
+            self.qemu,
+            intake=intake,
+            in_use=lambda name: name in inventory.bases_in_use(self.store, settings.base_dir),
+        )
         self.sources = SourceRegistry.from_settings(settings)
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})

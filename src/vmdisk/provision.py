@@ -94,9 +94,14 @@ class Provisioner:
         reserve = self.store.reserve(plan.name, plan.uuid, bases)
         # A backend may make the root without a local base (RBD cloning Glance's snapshot).
         local_base = backend.needs_base(plan.image_location)
-        using = self.cache.using(request, recheck=False) if local_base else nullcontext(None)
+        root = plan.disk("disk")
+        root_size = root.size if root else None  # refused from the header, before it expands
+        using = (
+            self.cache.using(request, recheck=False, root_size=root_size)
+            if local_base
+            else nullcontext(None)
+        )
         with reserve as build, using as base:
-            root = plan.disk("disk")
             if base is not None:
                 verify_base_size(base.record.virtual_size, root.size if root else None)
                 need = backend.local_bytes(plan, base)

@@ -146,6 +146,11 @@ class ImageCacheSettings:
     download_header_timeout: int = _kind("int", 60)
     # http: honour HTTP(S)_PROXY, NO_PROXY and .netrc from the environment (off: not implied)
     download_trust_env: bool = _kind("bool", False)
+    # A body slower than download_min_rate over any download_rate_window seconds, or longer
+    # than download_deadline in all, is abandoned (a drip feed must not hold the entry lock).
+    download_min_rate: int = _kind("size", 16 * 1024)
+    download_rate_window: int = _kind("int", 60)
+    download_deadline: int = _kind("int", 6 * 3600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,3 +443,13 @@ def _validate(settings: Settings, where: str) -> None:
         raise SettingsError(f"{where}: [libvirt] volume_clear_size must be 0 (all) or more")
     if lib.images_type is ImagesType.RBD and not settings.force_raw_images:
         raise SettingsError(f"{where}: images_type = 'rbd' needs force_raw_images = true")
+    _validate_download(settings.image_cache, where)
+
+
+def _validate_download(c: ImageCacheSettings, where: str) -> None:
+    """The download watchdog's settings (issue 16): a zero window or deadline would refuse all."""
+    if c.download_rate_window <= 0 or c.download_deadline <= 0 or c.download_min_rate < 0:
+        raise SettingsError(
+            f"{where}: [image_cache] download_rate_window and download_deadline must be "
+            "positive, download_min_rate 0 (off) or more"
+        )

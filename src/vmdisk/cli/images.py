@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,6 +48,12 @@ def image_group() -> None:
 @image_group.command("fetch")
 @click.argument("source")
 @intake_options("--id")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Let SOURCE take over a cached entry of the same id that came from another source "
+    "or fails the pins (refused while an instance uses it).",
+)
 @click.pass_context
 def fetch(
     ctx: click.Context,
@@ -55,10 +62,12 @@ def fetch(
     fmt: str | None,
     checksum: str | None,
     max_size: str | None,
+    replace: bool,
 ) -> None:
     """Cache SOURCE (path, file://, http(s)://) in _base, verified and converted to raw."""
     a = app(ctx)
-    cached = a.host.fetch_image(image_request(source, image_id, fmt, checksum, max_size))
+    request = image_request(source, image_id, fmt, checksum, max_size)
+    cached = a.host.fetch_image(dataclasses.replace(request, replace=replace))
 
     def human(out: Console) -> None:
         state = "already cached" if cached.cached else "cached"

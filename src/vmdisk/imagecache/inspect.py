@@ -93,6 +93,37 @@ class StreamInspector:
             except Exception:  # an inspector that cannot parse the stream just does not match
                 self._failed.add(index)
 
+    def early_size(self) -> tuple[str, int | None] | None:
+        """What the header already says, before the download is over: (qemu format, virtual
+        size), ("raw", None) once the first MiB shows no container header, None if undecided.
+
+        A guess to refuse early by; finish() still decides from the whole stream.
+        """
+        head = self._head
+        if len(head) < SECTOR:
+            return None
+        if head[:4] == b"QFI\xfb" and len(head) >= 32:
+            return "qcow2", struct.unpack_from(">Q", head, 24)[0]
+        if head[:4] == b"KDMV" and len(head) >= 20:
+            return "vmdk", struct.unpack_from("<Q", head, 12)[0] * SECTOR
+        if head[:8] == b"conectix" and len(head) >= 56:
+            return "vpc", struct.unpack_from(">Q", head, 48)[0]
+        if head[:8] == b"vhdxfile":
+            return self._vhdx_size()
+        if len(head) >= HEAD_BYTES:
+            return "raw", None
+        return None
+
+    def _vhdx_size(self) -> tuple[str, int | None] | None:
+        for index, inspector in enumerate(self._inspectors):
+            if inspector.NAME == "vhdx" and index not in self._failed:
+                try:
+                    size = int(inspector.virtual_size)
+                except Exception:  # its metadata region has not arrived yet
+                    return None
+                return ("vhdx", size) if size > 0 else None
+        return None
+
     def finish(self, declared: str | None = None, max_size: int | None = None) -> Detection:
         """Refuse (UnsafeImage / ImageTooLarge) or say what the image is."""
         for index, inspector in enumerate(self._inspectors):
@@ -272,11 +303,20 @@ _OSLO_REASONS = {
 }
 
 
+#: oslo's qcow2 inspector knows incompatible bits 0-3 only; extended L2 (bit 4, qemu >= 5.2) is
+#: legitimate, and _check_qcow3 has already refused every bit outside _QCOW_KNOWN_INCOMPATIBLE.
+_OURS_TO_JUDGE = {"qcow2": frozenset({"unknown_features"})}
+
+
 def _oslo_safety(inspector: Any) -> None:
     try:
         inspector.safety_check()
     except fi.SafetyCheckFailed as exc:
-        name, failure = next(iter(exc.failures.items()))
+        ours = _OURS_TO_JUDGE.get(inspector.NAME, frozenset())
+        failures = {k: v for k, v in exc.failures.items() if k not in ours}
+        if not failures:
+            return
+        name, failure = next(iter(failures.items()))
         reason = _OSLO_REASONS.get(name.removeprefix("inner_"), "corrupt")
         raise refuse(reason, f"{inspector.NAME} safety check {name!r} failed: {failure}") from exc
     except fi.ImageFormatError as exc:

@@ -8,15 +8,17 @@ with the inspector, convert to raw under limits, and write the sidecar record be
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmdisk.errors import ChecksumMismatch, ImageFetchError, VmdiskError
+from vmdisk.errors import ChecksumMismatch, ImageFetchError, ToolLimitExceeded, VmdiskError
 from vmdisk.fsutil import (
     data_extents,
     direct_io_supported,
@@ -28,10 +30,12 @@ from vmdisk.fsutil import (
     temp_name,
 )
 from vmdisk.imagecache import inspect
+from vmdisk.imagecache.bounds import Bounds, DownloadPolicy, Watchdog
 from vmdisk.imagecache.inspect import confirm_with_qemu
+from vmdisk.imagecache.pins import flavor_too_small
 from vmdisk.imagecache.records import BaseRecord, Checksum, write_record
 from vmdisk.imagecache.request import ResolvedImage
-from vmdisk.imagecache.sources import ImageSource, TransientFetchError
+from vmdisk.imagecache.sources import ImageSource, Opened, TransientFetchError
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.tools.qemu_img import ImageInfo, QemuImg
 from vmdisk.tools.runner import Limits
@@ -40,6 +44,10 @@ from vmdisk.units import GiB
 BLOCK = 4096
 _ZERO = bytes(1024 * 1024)
 MAX_RESUMES = 5
+#: What force_raw_images = false keeps as it came. Every backend can put a qcow2 overlay on (or
+#: copy and grow) raw and qcow2; vmdk, vhdx and vpc cannot be grown by `qemu-img resize`, so
+#: they always become raw.
+KEPT_FORMATS = frozenset({"qcow2"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +175,37 @@ def _hash_zeros(digest: hashlib._Hash, n: int) -> None:
         n -= step
 
 
+#: CPU seconds a conversion may use per GiB of the file really downloaded, and in all.
+CONVERT_CPU_PER_GIB = 20
+CONVERT_CPU_CEILING = 1800
+
+
+def convert_cpu_limit(base: int | None, file_size: int) -> int:
+    """CPU for `qemu-img convert`: scales with the bytes that are really there, never with
+    the virtual size a header declares (a 64 KiB file must not buy an hour), and is capped."""
+    budget = (base or 30) + CONVERT_CPU_PER_GIB * (file_size // GiB + 1)
+    return min(budget, CONVERT_CPU_CEILING)
+
+
+def _download_digests(sink: _Sink, checksum: Checksum | None) -> dict[str, str]:
+    """What a later cache hit can be pinned against without reading the download again."""
+    digests = {"sha256": sink.sha256.hexdigest()}
+    if checksum is not None:
+        digests[checksum.algorithm] = sink.digest(checksum.algorithm)
+    return digests
+
+
+@contextlib.contextmanager
+def _limits_refuse(image_id: str) -> Iterator[None]:
+    """qemu-img killed by its limits while reading an untrusted image: the image is refused."""
+    try:
+        yield
+    except ToolLimitExceeded as exc:
+        if exc.reason != "resource-limit":
+            raise
+        raise inspect.refuse("resource-limit", f"image {image_id}: {exc.message}") from exc
+
+
 class Intake:
     """Turns one source into one verified base file; holds no lock of its own."""
 
@@ -179,6 +218,7 @@ class Intake:
         max_virtual_size: int | None = None,
         convert_limits: Limits | None = None,
         progress: Progress | None = None,
+        download: DownloadPolicy | None = None,
     ) -> None:
         self.base_dir = base_dir
         self.qemu = qemu
@@ -186,20 +226,26 @@ class Intake:
         self.max_virtual_size = max_virtual_size
         self.convert_limits = convert_limits or qemu.limits
         self.progress = progress or NoProgress()
+        self.download = download or DownloadPolicy()
 
-    def fetch(self, request: ResolvedImage, base: Path) -> BaseRecord:
+    def fetch(
+        self, request: ResolvedImage, base: Path, *, root_size: int | None = None
+    ) -> BaseRecord:
         """Download, verify and convert into `base`; the caller holds the entry's lock.
 
+        `root_size` (the flavor's root disk) and the size limits are checked against the
+        header's virtual size as soon as it arrives, long before anything is converted.
         Every temporary is removed if anything fails; the record is written before the rename.
         """
         source, image_id = request.source, request.image_id
         part, converted = temp_name(base), temp_name(base)
         with removing_on_error(part, converted):
             try:
-                sink = self._download(source, part, request.checksum)
+                sink = self._download(request, part, root_size)
                 self._verify_checksum(sink, request)
                 if request.kind == "image":
-                    prepared = self._prepare_image(sink, part, converted, request)
+                    with _limits_refuse(image_id):
+                        prepared = self._prepare_image(sink, part, converted, request, root_size)
                 else:
                     prepared = self._prepare_boot_file(sink, part, request.kind)
             except OSError as exc:
@@ -221,6 +267,8 @@ class Intake:
                 fetched_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 cluster_size=prepared.cluster_size,
                 kind=request.kind,
+                source_id=source.normalised(),
+                checksums=_download_digests(sink, request.checksum),
             )
             write_record(base, record)
             os.replace(final, base)
@@ -228,14 +276,20 @@ class Intake:
         return record
 
     def _prepare_image(
-        self, sink: _Sink, part: Path, converted: Path, request: ResolvedImage
+        self,
+        sink: _Sink,
+        part: Path,
+        converted: Path,
+        request: ResolvedImage,
+        root_size: int | None = None,
     ) -> _Prepared:
-        found = self._verify(sink, part, request)
+        found = self._verify(sink, part, request, root_size)
         final, fmt, info = self._convert(part, converted, found)
         sha256 = sink.sha256.hexdigest() if final == part else hash_sparse_file(final)
         if fmt == "raw":
             inspect.recheck_raw_base(final)
-        cluster = info.cluster_size if fmt != "raw" else None
+        # Only a qcow2 base's cluster size is one an overlay can reuse (a VHDX block is 32 MiB).
+        cluster = info.cluster_size if fmt == "qcow2" else None
         return _Prepared(final, fmt, found.format, info.virtual_size, sha256, cluster)
 
     def _prepare_boot_file(self, sink: _Sink, part: Path, kind: str) -> _Prepared:
@@ -246,22 +300,42 @@ class Intake:
         digest = sink.sha256.hexdigest()
         return _Prepared(part, "raw", detected, sink.offset, digest, None)
 
-    def _download(self, source: ImageSource, part: Path, checksum: Checksum | None) -> _Sink:
+    def _download(self, request: ResolvedImage, part: Path, root_size: int | None) -> _Sink:
         fd = open_exclusive(part, 0o644)
-        sink = _Sink(fd, checksum)
+        sink = _Sink(fd, request.checksum)
+        bounds = Bounds(
+            self.base_dir,
+            f"the download of {request.source.display}",
+            declared_size=request.size,
+            virtual_limit=self._virtual_limit(request),
+            root_size=root_size,
+            raw_only=request.kind != "image",
+        )
+        if request.declared_format == "raw":
+            bounds.decide("raw", None)  # its bytes are its size from the first one
+        watchdog = Watchdog(self.download, bounds.what)
         try:
-            self._stream_into(source, sink)
+            self._stream_into(request.source, sink, bounds, watchdog)
             os.ftruncate(fd, sink.offset)
             os.fsync(fd)
         finally:
+            watchdog.stop()
             sink.close()
             os.close(fd)
         self.progress.done()
         return sink
 
-    def _stream_into(self, source: ImageSource, sink: _Sink) -> None:
+    def _virtual_limit(self, request: ResolvedImage) -> int | None:
+        return min(filter(None, (request.max_size, self.max_virtual_size)), default=None)
+
+    def _stream_into(
+        self, source: ImageSource, sink: _Sink, bounds: Bounds, watchdog: Watchdog
+    ) -> None:
+        """Stream with resumes; every chunk is checked against the bounds, and the watchdog
+        aborts a read that is too slow or too late (its verdict wins over the cut it caused)."""
         resumes = 0
         started = False
+        opened: Opened | None = None
         while True:
             before = sink.offset
             try:
@@ -269,20 +343,30 @@ class Intake:
                 if opened.restarted:
                     sink.rewind()
                     before = 0
+                watchdog.watch(opened)
                 if not started:
-                    if opened.total:
-                        what = f"the download of {source.display}"
-                        require_space(self.base_dir, opened.total, what)
+                    bounds.total = opened.total
                     self.progress.start(f"fetching {source.display}", opened.total)
                     started = True
                 for chunk in opened.chunks:
+                    bounds.before_chunk(sink.offset, len(chunk), sink.fd)
                     sink.write(chunk)
+                    watchdog.offset = sink.offset
+                    if not bounds.decided and (early := sink.inspector.early_size()):
+                        bounds.decide(*early)
+                    bounds.after_chunk(sink.offset)
                     self.progress.advance(len(chunk))
+                watchdog.check()
             except TransientFetchError as exc:
+                watchdog.check()
                 if sink.offset == before or resumes >= MAX_RESUMES:
                     raise ImageFetchError(str(exc), reason="download-failed") from exc
                 resumes += 1
                 continue
+            except BaseException:
+                if opened is not None:
+                    opened.close()  # a refusal mid-body: drop the connection, do not drain it
+                raise
             if opened.total is None or sink.offset == opened.total:
                 return
             if (
@@ -308,9 +392,12 @@ class Intake:
                     reason="checksum-mismatch",
                 )
 
-    def _verify(self, sink: _Sink, part: Path, request: ResolvedImage) -> inspect.Detection:
-        limit = min(filter(None, (request.max_size, self.max_virtual_size)), default=None)
-        found = sink.inspector.finish(request.declared_format, limit)
+    def _verify(
+        self, sink: _Sink, part: Path, request: ResolvedImage, root_size: int | None = None
+    ) -> inspect.Detection:
+        found = sink.inspector.finish(request.declared_format, self._virtual_limit(request))
+        if root_size is not None and found.virtual_size > root_size:
+            raise flavor_too_small(found.virtual_size, root_size)  # before qemu-img reads it
         info = self.qemu.info(part, found.qemu_format)
         confirm_with_qemu(info, found, part)
         if found.qemu_format in ("qcow2", "vmdk", "vhdx"):
@@ -326,11 +413,12 @@ class Intake:
     def _convert(
         self, part: Path, converted: Path, found: inspect.Detection
     ) -> tuple[Path, str, ImageInfo]:
-        if found.qemu_format == "raw" or not self.force_raw:
+        if found.qemu_format == "raw" or (found.qemu_format in KEPT_FORMATS and not self.force_raw):
             return part, found.qemu_format, self.qemu.info(part, found.qemu_format)
-        require_space(self.base_dir, part.stat().st_blocks * 512, "the conversion to raw")
+        needed = self.qemu.measure_data(part, found.qemu_format)
+        require_space(self.base_dir, needed, "the conversion to raw")
         cache = "none" if direct_io_supported(self.base_dir) else "writeback"
-        cpu = (self.convert_limits.cpu_seconds or 30) + 10 * (found.virtual_size // GiB + 1)
+        cpu = convert_cpu_limit(self.convert_limits.cpu_seconds, part.stat().st_size)
         limits = Limits(self.convert_limits.address_space, cpu)
         self.progress.start(f"converting {found.format} to raw", None)
         self.qemu.convert(

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmdisk.errors import InvalidRequest
@@ -65,6 +65,15 @@ class BaseRecord:
     fetched_at: str
     cluster_size: int | None = None
     kind: str = "image"
+    #: source.normalised() of what was fetched: a hit from another source is refused.
+    source_id: str | None = None
+    #: digests of the download by algorithm (sha256 always; the pinned one if it was another).
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def download_digest(self, algorithm: str) -> str | None:
+        if algorithm == "sha256":
+            return self.sha256_download
+        return self.checksums.get(algorithm)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode() + b"\n"

@@ -19,6 +19,9 @@ class ImageRequest:
     max_size: int | None = None
     kind: str = "image"  # or "kernel" / "ramdisk": cached raw, never converted
     location: str | None = None  # rbd://fsid/pool/image/snap when Glance keeps it in Ceph
+    #: Let this source take over a cached entry of the same id fetched from another source
+    #: (`vmdisk image fetch --replace`); refused while an instance uses the old base.
+    replace: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,12 @@ class Opened:
         if self.interrupt is not None:
             self.interrupt()
 
+    def close(self) -> None:
+        """Cut the stream now, from any thread (intake's watchdog and refusals mid-body); the
+        caller knows why, so no error is attached."""
+        if self.interrupt is not None:
+            self.interrupt()
+
     def _checked(self, inner: Iterator[bytes]) -> Iterator[bytes]:
         try:
             for chunk in inner:

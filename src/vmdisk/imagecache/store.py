@@ -9,15 +9,16 @@ overlays on the base, touching it first and last; the cleaner takes it exclusive
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmdisk.errors import ImageFetchError, InvalidRequest
+from vmdisk.errors import CacheEntryConflict, ImageFetchError
 from vmdisk.fsutil import ensure_real_dir, regular_file_or_none, touch
 from vmdisk.imagecache import inspect
 from vmdisk.imagecache.inspect import confirm_with_qemu
 from vmdisk.imagecache.intake import MAX_RESUMES, Intake, hash_sparse_file
+from vmdisk.imagecache.pins import check_pins
 from vmdisk.imagecache.records import BaseRecord, read_record
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
 from vmdisk.locks import Locks
@@ -59,13 +60,21 @@ class ImageCache:
     """One host's `_base` directory."""
 
     def __init__(
-        self, base_dir: Path, locks: Locks, qemu: QemuImg, *, intake: Intake | None = None
+        self,
+        base_dir: Path,
+        locks: Locks,
+        qemu: QemuImg,
+        *,
+        intake: Intake | None = None,
+        in_use: Callable[[str], bool] | None = None,
     ) -> None:
-        """`intake` fetches what is missing; by default one with Nova's defaults."""
+        """`intake` fetches what is missing; by default one with Nova's defaults. `in_use`
+        says whether an instance uses a base; without it a replace is always refused."""
         self.base_dir = base_dir
         self.locks = locks
         self.qemu = qemu
         self.intake = intake or Intake(base_dir, qemu)
+        self.in_use = in_use or (lambda _name: True)
 
     def identify(self, image: ResolvedImage) -> tuple[str, str]:
         """(image id, cache file name) of a resolved image, without touching anything."""
@@ -82,24 +91,57 @@ class ImageCache:
             return None
         return CachedImage(record.image_id, name, base, record, cached=True)
 
-    def ensure(self, request: ResolvedImage) -> CachedImage:
-        """Fetch the image into the cache unless it is there; one fetch per host at a time."""
+    def ensure(self, request: ResolvedImage, *, root_size: int | None = None) -> CachedImage:
+        """Fetch the image into the cache unless it is there; one fetch per host at a time.
+
+        A hit is checked against everything the request pins (pins.check_pins); `root_size`
+        is the flavor's root disk, refused before any byte expands if the image is larger.
+        """
         ensure_real_dir(self.base_dir)
         image_id, name = self.identify(request)
         found = self.lookup(name)
-        if found is not None:
-            return _same_kind(found, request)
-        with self.locks.exclusive(name):
+        if found is not None and not request.request.replace:
+            return self._pinned(found, request, root_size)
+        with self.locks.exclusive(
+            name, waiting=self.intake.progress, what=f"fetching {request.source.display}"
+        ):
             found = self.lookup(name)
             if found is not None:
-                return _same_kind(found, request)
+                if not request.request.replace:
+                    return self._pinned(found, request, root_size)
+                try:
+                    return self._pinned(found, request, root_size)
+                except CacheEntryConflict:
+                    self._check_replaceable(found, request)
             self._remove_leftovers(name)
             base = self.base_dir / name
-            record = self.intake.fetch(request, base)
+            record = self.intake.fetch(request, base, root_size=root_size)
             return CachedImage(image_id, name, base, record, cached=False)
 
+    def _pinned(
+        self, found: CachedImage, request: ResolvedImage, root_size: int | None
+    ) -> CachedImage:
+        check_pins(
+            found.record,
+            request,
+            max_virtual_size=self.intake.max_virtual_size,
+            root_size=root_size,
+        )
+        return found
+
+    def _check_replaceable(self, found: CachedImage, request: ResolvedImage) -> None:
+        if self.in_use(found.name):
+            raise CacheEntryConflict(
+                f"cannot replace the cached entry of {found.image_id} "
+                f"(from {found.record.source}): instances use it",
+                reason="in-use",
+                hint="delete those instances first, or give this image its own --id",
+            )
+
     @contextlib.contextmanager
-    def using(self, request: ResolvedImage, *, recheck: bool = True) -> Iterator[CachedImage]:
+    def using(
+        self, request: ResolvedImage, *, recheck: bool = True, root_size: int | None = None
+    ) -> Iterator[CachedImage]:
         """Hold the base for overlay creation: shared lock, re-checked, touched on both ends.
 
         recheck=False hands the header re-check (inspect.recheck_raw_base) to the caller, who
@@ -107,18 +149,21 @@ class ImageCache:
         """
         image_id, name = self.identify(request)
         fetched = False
+        if request.request.replace:
+            self.ensure(request, root_size=root_size)
+            fetched = True
         for _attempt in range(3):
-            with self.locks.shared(name):
+            with self.locks.shared(name, waiting=self.intake.progress, what=image_id):
                 found = self.lookup(name)
                 if found is not None:
-                    _same_kind(found, request)
+                    self._pinned(found, request, root_size)
                     if recheck and found.record.format == "raw" and found.record.kind == "image":
                         inspect.recheck_raw_base(found.path)
                     touch(found.path)
                     yield CachedImage(image_id, name, found.path, found.record, not fetched)
                     touch(found.path)
                     return
-            self.ensure(request)
+            self.ensure(request, root_size=root_size)
             fetched = True
         raise ImageFetchError(f"the cached base for {image_id} keeps disappearing (pruned?)")
 
@@ -126,15 +171,3 @@ class ImageCache:
         # We hold the entry's exclusive lock: any temporary of this entry is from a dead fetch.
         for path in self.base_dir.glob(f"{name}*.part-*"):
             path.unlink(missing_ok=True)
-
-
-def _same_kind(found: CachedImage, request: ResolvedImage) -> CachedImage:
-    """One image id is one thing: a disk image is never handed out as a kernel, or back."""
-    if found.record.kind != request.kind:
-        raise InvalidRequest(
-            f"image id {found.image_id} is cached as kind {found.record.kind!r}, "
-            f"not {request.kind!r}",
-            reason="kind-mismatch",
-            hint=f"give the {request.kind} its own id (--{request.kind}-id)",
-        )
-    return found

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmdisk.errors import ToolError
+from vmdisk.errors import ToolError, ToolLimitExceeded
 from vmdisk.tools.runner import Limits, Runner
 
 #: qemu-img names for the formats vmdisk reads or writes.
@@ -96,9 +96,31 @@ class QemuImg:
     def check(self, path: Path, fmt: str) -> CheckResult:
         argv = ["qemu-img", "check", "-f", fmt, "--force-share", "--output=json", str(path)]
         result = self.runner.run(argv, limits=self.limits, timeout=self.timeout, check=False)
+        if result.returncode < 0:  # killed: by its CPU or memory limit, as far as we know
+            raise ToolLimitExceeded(
+                f"qemu-img check was killed by signal {-result.returncode} "
+                f"(limits: cpu {self.limits.cpu_seconds} s, "
+                f"address space {self.limits.address_space} bytes)",
+                argv=argv,
+                returncode=result.returncode,
+                reason="resource-limit",
+            )
         if result.returncode not in (0, 1, 2, 3, 63):
             raise ToolError(f"qemu-img check failed with exit code {result.returncode}")
         return parse_check(result.returncode, result.text)
+
+    def measure_data(self, path: Path, fmt: str) -> int:
+        """Bytes of data a sparse copy of the image needs: what `measure -O qcow2` requires.
+
+        `-O raw` would answer the virtual size, since qemu counts a raw file as allocated;
+        the raw base is written sparsely, so the qcow2 figure is the honest one.
+        """
+        argv = ["qemu-img", "measure", "-f", fmt, "-O", "qcow2", "--output=json", str(path)]
+        result = self.runner.run(argv, limits=self.limits, timeout=self.timeout)
+        try:
+            return int(json.loads(result.text)["required"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ToolError(f"qemu-img measure printed something unexpected: {exc}") from exc
 
     def create(
         self,

@@ -7,6 +7,7 @@ subprocesses per operation.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
@@ -249,7 +250,9 @@ def _failure(result: CommandResult, limits: Limits | None) -> VmdiskError:
             hint="free some space (vmdisk cache prune) and run the command again",
         )
     killed_by = {-signal.SIGKILL: "SIGKILL", -signal.SIGXCPU: "SIGXCPU", -signal.SIGSEGV: "SIGSEGV"}
-    if limits and (rc in killed_by or "Cannot allocate memory" in stderr):
+    # Under an address-space limit the loader itself may fail to map a library.
+    out_of_memory = "Cannot allocate memory" in stderr or "failed to map segment" in stderr
+    if limits and (rc in killed_by or out_of_memory):
         return ToolLimitExceeded(
             f"{result.argv[0]} exceeded its resource limits "
             f"(address space {limits.address_space} bytes, cpu {limits.cpu_seconds} s)",
@@ -268,8 +271,21 @@ def _failure(result: CommandResult, limits: Limits | None) -> VmdiskError:
     )
 
 
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not dlopen after fork
+
+
 def _limiter(limits: Limits) -> Callable[[], None]:
+    parent = os.getpid()
+
     def apply() -> None:  # runs in the child between fork and exec
+        # Die with the parent: a SIGKILLed fetch must not leave a qemu-img converting into
+        # _base while the next fetch converts again. If the parent already died before the
+        # prctl, the signal will never come: exit now.
+        if os.getpid() != parent:  # in the forked child (never in the caller itself)
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(1)
         if limits.address_space:
             resource.setrlimit(resource.RLIMIT_AS, (limits.address_space, limits.address_space))
         if limits.cpu_seconds:
