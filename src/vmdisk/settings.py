@@ -26,6 +26,7 @@ import platformdirs
 from vmdisk.errors import SettingsError
 from vmdisk.netspec import Interface, parse_network
 from vmdisk.units import GiB, parse_size
+from vmdisk.validate import bad_character
 
 SYSTEM_CONFIG = Path("/etc/vmdisk/vmdisk.toml")
 ENV_PREFIX = "VMDISK_"
@@ -310,6 +311,8 @@ def _read_flavors(table: Any, where: str) -> dict[str, Flavor]:
     for name, spec in table.items():
         if not isinstance(spec, dict):
             raise SettingsError(f"{where}: [flavors.{name}] must be a table")
+        if not name or len(name) > 255 or bad_character(name):  # it is written into libvirt.xml
+            raise SettingsError(f"{where}: flavor name {name!r} must be 1-255 printable characters")
         known = {f.name for f in dataclasses.fields(Flavor)} - {"name"}
         for key in spec:
             if key not in known:
@@ -421,6 +424,9 @@ def _suggest(word: str, choices: list[str]) -> str:
 def _validate(settings: Settings, where: str) -> None:
     if not settings.instances_path.is_absolute():
         raise SettingsError(f"{where}: instances_path must be absolute: {settings.instances_path}")
+    if bad_character(str(settings.instances_path)):  # every path in libvirt.xml starts with it
+        problem = bad_character(str(settings.instances_path))
+        raise SettingsError(f"{where}: instances_path has {problem}")
     for entry in settings.virt_mkfs:
         if "=" not in entry:
             raise SettingsError(f"{where}: virt_mkfs entry {entry!r} is not '<os_type>=<command>'")
