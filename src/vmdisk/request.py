@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vmdisk.configdrive.metadata import network_data_from_nics, nocloud_network_config
+from vmdisk.credentials import token_free_id
 from vmdisk.errors import InvalidRequest
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.store import ImageRequest
@@ -257,6 +258,8 @@ def image_request(
     check_text(source, "image source", max_len=8192, reason="bad-source")
     if image_id is not None:
         check_text(image_id, "--id", max_len=1024, reason="bad-id")
+    else:
+        image_id = token_free_id(source)  # None unless the URL's query carries a token
     return ImageRequest(
         source=source,
         image_id=image_id,
