@@ -25,6 +25,7 @@ import platformdirs
 
 from vmdisk.errors import SettingsError
 from vmdisk.netspec import Interface, parse_network
+from vmdisk.qemuvalues import ceph_name, option_path, secret_uuid
 from vmdisk.units import GiB, parse_size
 from vmdisk.validate import bad_character
 
@@ -96,6 +97,23 @@ def _as_machine(value: Any) -> str:
     return text
 
 
+# These end inside qemu's `rbd:pool/image:conf=..:id=..` (see qemuvalues.py).
+def _as_ceph_pool(value: Any) -> str:
+    return ceph_name(_as_str(value), "pool")
+
+
+def _as_ceph_user(value: Any) -> str | None:
+    return ceph_name(_as_str(value), "rbd user") if value != "" else None
+
+
+def _as_ceph_conf(value: Any) -> str:
+    return option_path(_as_str(value), "ceph.conf path")
+
+
+def _as_secret_uuid(value: Any) -> str | None:
+    return secret_uuid(_as_str(value)) if value != "" else None
+
+
 def _parse_strings(obj: Any, section: str) -> None:
     """Run a domain field's parser on a plain string given from Python, as load_settings does."""
     for f in dataclasses.fields(obj):
@@ -153,10 +171,10 @@ class LibvirtSettings:
     virt_type: str = _kind("str", "auto", choices=("auto", "kvm", "qemu"))
     machine_type: str = _kind(_as_machine, "pc")
     network: Interface | None = _kind(_as_network, None)  # "none" is no NIC
-    images_rbd_pool: str = _kind("str", "vms")
-    images_rbd_ceph_conf: str = _kind("str", "")
-    rbd_user: str | None = _kind("str?", None)
-    rbd_secret_uuid: str | None = _kind("str?", None)
+    images_rbd_pool: str = _kind(_as_ceph_pool, "vms")
+    images_rbd_ceph_conf: str = _kind(_as_ceph_conf, "")
+    rbd_user: str | None = _kind(_as_ceph_user, None)
+    rbd_secret_uuid: str | None = _kind(_as_secret_uuid, None)
     images_rbd_glance_store_name: str = _kind("str", "")
     images_volume_group: str = _kind("str", "")
     images_thin_pool: str = _kind("str", "")

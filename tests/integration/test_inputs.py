@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -421,3 +422,40 @@ def test_url_token_is_not_in_the_base_record(tmp_path: Path, image: Path) -> Non
     with serve({"/img.raw?token=t0kensecret&v=2": Route(image.read_bytes())}) as srv:
         host.fetch_image(image_request(_credential_url(srv.port), None, "raw", None, None))
     assert _files_with_secrets(tmp_path / "i") == []
+
+
+# --- item 4: settings that reach qemu's command line keep to their grammar ------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("network", "bridge:br0,helper=/tmp/evil", "Linux interface name"),
+        ("network", "bridge:br0 ", "Linux interface name"),
+        ("machine_type", "pc,accel=kvm", "is not a qemu machine type"),
+        ("machine_type", "pc\x01", "is not a qemu machine type"),
+        ("images_rbd_pool", "vms:mon_host=192.0.2.9", "would be read by qemu as options"),
+        ("images_rbd_pool", "vms@snap", "would be read by qemu as options"),
+        ("rbd_user", "admin:keyring=/tmp/k", "would be read by qemu as options"),
+        ("images_rbd_ceph_conf", "/etc/ceph/a.conf:id=admin", "without ':', ',' or"),
+        ("images_rbd_ceph_conf", "ceph.conf", "must be an absolute path"),
+        ("rbd_secret_uuid", "not-a-uuid", "is not a UUID"),
+    ],
+)
+def test_qemu_bound_settings_are_refused_by_grammar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: str, words: str
+) -> None:
+    config = tmp_path / "vmdisk.toml"
+    config.write_text(f"[libvirt]\n{key} = {json.dumps(value)}\n")
+    code, line = cli(capsys, "--config", str(config), "--instances-path", str(tmp_path), "list")
+    assert code == 3 and f"[libvirt] {key}: " in line and words in line, line
+    assert len(line.splitlines()) == 1
+    env = {**os.environ, f"VMDISK_LIBVIRT__{key.upper()}": value}
+    result = subprocess.run(
+        [sys.executable, "-m", "vmdisk", "--instances-path", str(tmp_path), "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 3 and words in result.stderr, result.stderr
