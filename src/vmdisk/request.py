@@ -208,6 +208,16 @@ def check_text_options(o: CreateOptions) -> None:
         check_text(key, "--meta key", max_len=255, reason="bad-option")
         check_text(value, f"--meta {key} value", max_len=255, reason="bad-option")
     check_unique_macs([nic.mac for nic in o.nics])
+    for flag, password in (
+        ("--admin-pass", o.admin_pass),
+        ("--inject-password", o.inject_password),
+    ):
+        # openssl reads the password up to its newline: a control character would cut it short
+        if password is not None and (bad_character(password) or not 0 < len(password) <= 255):
+            raise InvalidRequest(
+                f"{flag} must be 1-255 printable characters (it is not shown here)",
+                reason="bad-password",
+            )
 
 
 def resolve_flavor(settings: Settings, options: CreateOptions) -> Flavor:

@@ -150,6 +150,16 @@ def test_every_written_libvirt_xml_validates(
         validate_xml(directory / "libvirt.xml")
 
 
+def test_passwords_with_control_characters_are_refused_without_being_shown(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for flag in ("--admin-pass", "--inject-password"):
+        code, line = cli(
+            capsys, *create(tmp_path, image, "a", "--config-drive", flag, "hunter2\nx")
+        )
+        assert code == 2 and "printable" in line and "hunter2" not in line, line
+
+
 def test_flavor_names_and_instances_path_with_control_characters_are_settings_errors(
     tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
