@@ -28,7 +28,8 @@ def bad_character(text: str) -> str | None:
         code = ord(char)
         if 0xD800 <= code <= 0xDFFF:
             return f"bytes that are not UTF-8 at position {index}"
-        if unicodedata.category(char) in ("Cc", "Cs", "Co", "Cn") or code in (0xFFFE, 0xFFFF):
+        # C0, DEL and C1 controls, and the two code points XML 1.0 excludes outright
+        if unicodedata.category(char) == "Cc" or code in (0xFFFE, 0xFFFF):
             return f"control character U+{code:04X} at position {index}"
     return None
 
