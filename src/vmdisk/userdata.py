@@ -30,7 +30,7 @@ def check_user_data(data: bytes, where: str = "user data") -> bytes:
         doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise InvalidRequest(
-            f"{where}: {_located(exc)}: #cloud-config is not valid YAML", reason="bad-user-data"
+            f"{where}: #cloud-config is not valid YAML: {_located(exc)}", reason="bad-user-data"
         ) from None
     if doc is not None and not isinstance(doc, dict):
         raise InvalidRequest(
