@@ -442,8 +442,8 @@ def _suggest(word: str, choices: list[str]) -> str:
 def _validate(settings: Settings, where: str) -> None:
     if not settings.instances_path.is_absolute():
         raise SettingsError(f"{where}: instances_path must be absolute: {settings.instances_path}")
-    if bad_character(str(settings.instances_path)):  # every path in libvirt.xml starts with it
-        problem = bad_character(str(settings.instances_path))
+    problem = bad_character(str(settings.instances_path))  # every path in libvirt.xml has it
+    if problem is not None:
         raise SettingsError(f"{where}: instances_path has {problem}")
     for entry in settings.virt_mkfs:
         if "=" not in entry:
