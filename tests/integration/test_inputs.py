@@ -8,12 +8,16 @@ import os
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.images import MiB
 from vmdisk.cli.main import main
+from vmdisk.validate import bad_character
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -486,3 +490,27 @@ def test_url_token_is_not_in_error_messages(
         code, line = cli(capsys, *args)
     assert code == 1 and "HTTP 404" in line
     assert not [s for s in SECRETS if s.decode() in line], line
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(image_id=st.text(min_size=1, max_size=40))
+def test_any_image_id_is_refused_or_round_trips_through_libvirt_xml(
+    tmp_path_factory: pytest.TempPathFactory, image_id: str
+) -> None:
+    """Whatever text --image-id is: exit 2, or a libvirt.xml that parses and holds it exactly."""
+    tmp = tmp_path_factory.mktemp("id")
+    source = tmp / "root.raw"
+    source.write_bytes(b"\0" * 512)
+    code = main(create(tmp, source, "p", "--image-id", image_id))
+    dirs = instance_dirs(tmp)
+    if code != 0:
+        assert code == 2 and dirs == []
+        assert bad_character(image_id) is not None
+        return
+    (directory,) = dirs
+    root = ET.parse(directory / "libvirt.xml").getroot()
+    ns = {"v": "https://github.com/vmdisk/vmdisk/xmlns/instance/1.0"}
+    image = root.find("metadata/v:instance/v:image", ns)
+    assert image is not None and image.get("id") == image_id
