@@ -152,6 +152,14 @@ class InstanceStore:
             raise InstanceExists(f"an instance named {name!r} exists ({owner})", reason="exists")
         write_atomic(names / name, uuid.encode())
 
+    def name_owner(self, name: str) -> str | None:
+        """The uuid the name index gives for `name` (None: no entry)."""
+        return self._uuid_of(name)
+
+    def alive(self, uuid: str) -> bool:
+        """An instance with this uuid exists, or a live create is building it."""
+        return self._alive(uuid)
+
     def _alive(self, uuid: str) -> bool:
         if (self.root / uuid / RECORD).exists():
             return True

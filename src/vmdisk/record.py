@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmdisk.credentials import strip_credentials
 from vmdisk.errors import BackendError
 from vmdisk.model import (
     BackendName,
@@ -110,6 +111,11 @@ class InstanceRecord:
             names.add(self.rescue.base)
             names.update(self.rescue.bases)
         return names
+
+    def __post_init__(self) -> None:
+        # The source as typed may hold user:password or a token; the record never does,
+        # whoever builds it (the provisioner, an upgrade of an old record, the Python API).
+        object.__setattr__(self, "image_source", strip_credentials(self.image_source))
 
     def to_json(self) -> bytes:
         return json.dumps(encode(self), indent=2, sort_keys=True).encode() + b"\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vmdisk.configdrive.metadata import network_data_from_nics, nocloud_network_config
+from vmdisk.credentials import token_free_id
 from vmdisk.errors import InvalidRequest
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.store import ImageRequest
@@ -29,8 +30,19 @@ from vmdisk.model import (
     validate_name,
     validate_uuid,
 )
+from vmdisk.netdata import check_network_config_v2, check_network_data
 from vmdisk.settings import Flavor, Settings
 from vmdisk.units import parse_size
+from vmdisk.userdata import check_user_data
+from vmdisk.userfiles import read_user_file
+from vmdisk.validate import (
+    bad_character,
+    check_cmdline,
+    check_hostname,
+    check_nic,
+    check_text,
+    check_unique_macs,
+)
 
 USER_DATA_MAX = 65535  # Nova's API limit on user_data
 INJECTED_MAX = 10 * 1024 * 1024  # all injected files together
@@ -51,6 +63,9 @@ class Nic:
     dns: str | None = None
     mtu: int | None = None
 
+    def __post_init__(self) -> None:
+        check_nic(self.fields())  # from the CLI or the Python API alike
+
     @classmethod
     def parse(cls, text: str) -> Nic:
         """`mac=52:54:00:..,ip=192.0.2.10/24`; unknown keys and a missing mac are refused."""
@@ -65,7 +80,7 @@ class Nic:
                 reason="bad-option",
             )
         mtu = values.get("mtu") or None
-        if mtu is not None and not (mtu.isascii() and mtu.isdigit()):
+        if mtu is not None and not (mtu.isascii() and mtu.isdigit() and len(mtu) < 7):
             raise InvalidRequest(f"--nic mtu {mtu!r} is not a number", reason="bad-option")
         return cls(
             mac=values["mac"],
@@ -159,6 +174,7 @@ def build_spec(settings: Settings, options: CreateOptions) -> BuiltRequest:
     """Resolve the flavor, assemble the config drive or the injection, check the operator's
     policy and the limits; read the files named. Refuses with InvalidRequest (exit 2)."""
     flavor = resolve_flavor(settings, options)
+    check_text_options(options)
     drive, generated = _drive_spec(settings, options)
     injection = None if drive is not None else _injection(settings, options)
     check_injection_policy(injection, settings.libvirt)
@@ -180,6 +196,28 @@ def build_spec(settings: Settings, options: CreateOptions) -> BuiltRequest:
     if options.cmdline is not None and not boot_files:
         raise InvalidRequest("--cmdline needs --kernel", reason="bad-option")
     return BuiltRequest(spec, image, boot_files, generated)
+
+
+def check_text_options(o: CreateOptions) -> None:
+    """What reaches libvirt.xml or the guest's metadata as text: printable, valid UTF-8."""
+    if o.hostname is not None:
+        check_hostname(o.hostname)
+    if o.cmdline is not None:
+        check_cmdline(o.cmdline)
+    for key, value in o.meta:
+        check_text(key, "--meta key", max_len=255, reason="bad-option")
+        check_text(value, f"--meta {key} value", max_len=255, reason="bad-option")
+    check_unique_macs([nic.mac for nic in o.nics])
+    for flag, password in (
+        ("--admin-pass", o.admin_pass),
+        ("--inject-password", o.inject_password),
+    ):
+        # openssl reads the password up to its newline: a control character would cut it short
+        if password is not None and (bad_character(password) or not 0 < len(password) <= 255):
+            raise InvalidRequest(
+                f"{flag} must be 1-255 printable characters (it is not shown here)",
+                reason="bad-password",
+            )
 
 
 def resolve_flavor(settings: Settings, options: CreateOptions) -> Flavor:
@@ -225,8 +263,13 @@ def image_request(
     max_size: str | int | None,
 ) -> ImageRequest:
     """An ImageRequest from the intake flags every image-taking command shares."""
-    if image_id is not None and (not image_id or "\x00" in image_id or len(image_id) > 1024):
-        raise InvalidRequest("--id must be 1 to 1024 characters without NUL", reason="bad-id")
+    # Both become the image id (the default id is the normalised source), which lands in
+    # libvirt.xml, the records and sha1() for the cache name: printable UTF-8 only.
+    check_text(source, "image source", max_len=8192, reason="bad-source")
+    if image_id is not None:
+        check_text(image_id, "--id", max_len=1024, reason="bad-id")
+    else:
+        image_id = token_free_id(source)  # None unless the URL's query carries a token
     return ImageRequest(
         source=source,
         image_id=image_id,
@@ -270,23 +313,26 @@ def key_values(items: Iterable[str], what: str) -> tuple[tuple[str, str], ...]:
 
 
 def read_limited(path: Path, limit: int, what: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise InvalidRequest(
-            f"{what} {path} is {len(data)} bytes; the limit is {limit}", reason="too-large"
-        )
-    return data
+    """A user's file: regular, at most `limit` bytes, size checked before it is read."""
+    return read_user_file(path, limit, what)
 
 
 def ssh_key(path: Path) -> tuple[str, str]:
     """(name, key) from an OpenSSH public key file; the name is its comment or the file stem."""
-    text = read_limited(path, SSH_KEY_MAX, "ssh key").decode("utf-8", "replace").strip()
+    try:
+        text = read_limited(path, SSH_KEY_MAX, "ssh key").decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            f"{path} is not an OpenSSH public key (not UTF-8)", reason="bad-key"
+        ) from None
     fields = text.split()
-    if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
-        raise InvalidRequest(f"{path} is not an OpenSSH public key", reason="bad-key")
+    if (
+        len(fields) < 2
+        or not fields[0].startswith(("ssh-", "ecdsa-", "sk-"))
+        or len(text.splitlines()) != 1
+        or bad_character(text) is not None
+    ):
+        raise InvalidRequest(f"{path} is not an OpenSSH public key", reason="bad-key") from None
     name = fields[2] if len(fields) > 2 else path.stem
     return name, text
 
@@ -314,12 +360,14 @@ def network_data(options: CreateOptions) -> dict[str, Any] | None:
     """--network-data as given (JSON), or the NICs as network_data.json / network-config v2."""
     if options.network_data is not None:
         try:
-            data: dict[str, Any] = json.loads(
-                read_limited(options.network_data, TEMPLATE_MAX, "network data")
-            )
+            data = json.loads(read_limited(options.network_data, TEMPLATE_MAX, "network data"))
         except ValueError as exc:
-            raise InvalidRequest(f"{options.network_data} is not JSON: {exc}") from exc
-        return data
+            raise InvalidRequest(
+                f"{options.network_data} is not JSON: {exc}", reason="bad-network-data"
+            ) from exc
+        if options.seed == "nocloud":
+            return check_network_config_v2(data)
+        return check_network_data(data)
     if options.nics:
         nics = [nic.fields() for nic in options.nics]
         if options.seed == "nocloud":
@@ -332,11 +380,12 @@ def _drive_spec(settings: Settings, o: CreateOptions) -> tuple[ConfigDriveSpec |
     """The config drive, when one is wanted; it also carries what would otherwise be injected
     (keys, password, files, network template), as Nova does."""
     wanted = o.config_drive or o.seed is not None or settings.force_config_drive
-    if not wanted:
+    if not (wanted or drive_only(o)):
         return None, False
     password = o.admin_pass or o.inject_password
+    user_data = read_limited(o.user_data, USER_DATA_MAX, "user data") if o.user_data else None
     spec = ConfigDriveSpec(
-        user_data=(read_limited(o.user_data, USER_DATA_MAX, "user data") if o.user_data else None),
+        user_data=check_user_data(user_data, str(o.user_data)) if user_data else user_data,
         ssh_keys=tuple(ssh_key(p) for p in (*o.ssh_keys, *o.inject_keys)),
         admin_pass=password or secrets.token_urlsafe(12),
         files=injected_files(o),
@@ -347,6 +396,21 @@ def _drive_spec(settings: Settings, o: CreateOptions) -> tuple[ConfigDriveSpec |
         format=settings.config_drive_format,
     )
     return spec, password is None
+
+
+def drive_only(o: CreateOptions) -> bool:
+    """Data only a drive can carry. Given without --config-drive it implies one (config-2, or
+    NoCloud with --seed), rather than being dropped: Nova would serve it from its metadata
+    service, which a single host does not have."""
+    return bool(
+        o.user_data
+        or o.ssh_keys
+        or o.admin_pass
+        or o.meta
+        or o.hostname
+        or o.network_data
+        or o.nics
+    )
 
 
 def _injection(settings: Settings, o: CreateOptions) -> Injection | None:

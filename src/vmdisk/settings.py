@@ -25,7 +25,9 @@ import platformdirs
 
 from vmdisk.errors import SettingsError
 from vmdisk.netspec import Interface, parse_network
+from vmdisk.qemuvalues import ceph_name, option_path, secret_uuid
 from vmdisk.units import GiB, parse_size
+from vmdisk.validate import bad_character
 
 SYSTEM_CONFIG = Path("/etc/vmdisk/vmdisk.toml")
 ENV_PREFIX = "VMDISK_"
@@ -95,6 +97,23 @@ def _as_machine(value: Any) -> str:
     return text
 
 
+# These end inside qemu's `rbd:pool/image:conf=..:id=..` (see qemuvalues.py).
+def _as_ceph_pool(value: Any) -> str:
+    return ceph_name(_as_str(value), "pool")
+
+
+def _as_ceph_user(value: Any) -> str | None:
+    return ceph_name(_as_str(value), "rbd user") if value != "" else None
+
+
+def _as_ceph_conf(value: Any) -> str:
+    return option_path(_as_str(value), "ceph.conf path")
+
+
+def _as_secret_uuid(value: Any) -> str | None:
+    return secret_uuid(_as_str(value)) if value != "" else None
+
+
 def _parse_strings(obj: Any, section: str) -> None:
     """Run a domain field's parser on a plain string given from Python, as load_settings does."""
     for f in dataclasses.fields(obj):
@@ -161,10 +180,10 @@ class LibvirtSettings:
     virt_type: str = _kind("str", "auto", choices=("auto", "kvm", "qemu"))
     machine_type: str = _kind(_as_machine, "pc")
     network: Interface | None = _kind(_as_network, None)  # "none" is no NIC
-    images_rbd_pool: str = _kind("str", "vms")
-    images_rbd_ceph_conf: str = _kind("str", "")
-    rbd_user: str | None = _kind("str?", None)
-    rbd_secret_uuid: str | None = _kind("str?", None)
+    images_rbd_pool: str = _kind(_as_ceph_pool, "vms")
+    images_rbd_ceph_conf: str = _kind(_as_ceph_conf, "")
+    rbd_user: str | None = _kind(_as_ceph_user, None)
+    rbd_secret_uuid: str | None = _kind(_as_secret_uuid, None)
     images_rbd_glance_store_name: str = _kind("str", "")
     images_volume_group: str = _kind("str", "")
     images_thin_pool: str = _kind("str", "")
@@ -320,6 +339,8 @@ def _read_flavors(table: Any, where: str) -> dict[str, Flavor]:
     for name, spec in table.items():
         if not isinstance(spec, dict):
             raise SettingsError(f"{where}: [flavors.{name}] must be a table")
+        if not name or len(name) > 255 or bad_character(name):  # it is written into libvirt.xml
+            raise SettingsError(f"{where}: flavor name {name!r} must be 1-255 printable characters")
         known = {f.name for f in dataclasses.fields(Flavor)} - {"name"}
         for key in spec:
             if key not in known:
@@ -431,6 +452,9 @@ def _suggest(word: str, choices: list[str]) -> str:
 def _validate(settings: Settings, where: str) -> None:
     if not settings.instances_path.is_absolute():
         raise SettingsError(f"{where}: instances_path must be absolute: {settings.instances_path}")
+    problem = bad_character(str(settings.instances_path))  # every path in libvirt.xml has it
+    if problem is not None:
+        raise SettingsError(f"{where}: instances_path has {problem}")
     for entry in settings.virt_mkfs:
         if "=" not in entry:
             raise SettingsError(f"{where}: virt_mkfs entry {entry!r} is not '<os_type>=<command>'")

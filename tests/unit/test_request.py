@@ -235,7 +235,10 @@ def test_nic_parsing() -> None:
     )
     assert nic == Nic("52:54:00:AA:BB:CC", "192.0.2.5/24", "192.0.2.1", "192.0.2.53", 1400)
     assert Nic.parse("mac=52:54:00:00:00:01") == Nic("52:54:00:00:00:01")
-    assert Nic.parse("mac=m,ip=dhcp").fields() == {"mac": "m", "ip": "dhcp"}
+    assert Nic.parse("mac=52:54:00:00:00:02,ip=dhcp").fields() == {
+        "mac": "52:54:00:00:00:02",
+        "ip": "dhcp",
+    }
     for bad in ("ip=dhcp", "mac=m,vlan=3", "mac=m,mtu=big", "mac"):
         with pytest.raises(InvalidRequest) as err:
             Nic.parse(bad)
@@ -252,8 +255,9 @@ def test_nics_become_network_data_or_network_config(settings: Settings) -> None:
     assert seed is not None and seed.network_data is not None
     assert seed.network_data["version"] == 2
     assert seed.network_data["ethernets"]["eth0"]["addresses"] == ["192.0.2.5/24"]
-    error = refused(settings, options(config_drive=True, nics=(Nic("m", "not-an-ip"),)))
-    assert error.reason == "bad-option"
+    with pytest.raises(InvalidRequest) as err:
+        Nic("52:54:00:00:00:03", "not-an-ip")
+    assert err.value.reason == "bad-address"
 
 
 def test_network_data_file(settings: Settings, tmp_path: Path) -> None:

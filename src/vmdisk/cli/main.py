@@ -63,6 +63,9 @@ def _register() -> None:
     images.register(cli)
     instances.register(cli)
     boot.register(cli)
+    from vmdisk.cli import doctor
+
+    doctor.register(cli)
 
 
 def _report(error: dict[str, Any], json_mode: bool, hint: str | None = None) -> None:
