@@ -55,7 +55,10 @@ def token_free_id(source: str) -> str | None:
     (as the normalised id always is) and with the secret values masked, so the id that lands
     in libvirt.xml and the records holds no token, and a new presigned URL of the same image
     finds the same cache entry. None when the query holds no secret."""
-    parts = urlsplit(source)
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return None  # not a URL: the source's own parser says why
     if not parts.query or not any(_secret_param(k) for k, _ in parse_qsl(parts.query)):
         return None
     host = parts.netloc.rpartition("@")[2].lower()

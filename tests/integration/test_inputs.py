@@ -421,11 +421,6 @@ def test_url_credentials_reach_no_file_and_no_log(
     assert modes["console.log"] & 0o007 == 0  # the guest may print a generated password
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the _base record's source is HttpSource.display, which keeps the query's token: "
-    "it should return vmdisk.credentials.strip_credentials(url) (imagecache/sources.py)",
-)
 def test_url_token_is_not_in_the_base_record(tmp_path: Path, image: Path) -> None:
     from tests.httpserver import Route, serve
     from vmdisk.host import Host
@@ -475,10 +470,6 @@ def test_qemu_bound_settings_are_refused_by_grammar(
     assert result.returncode == 3 and words in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fetch errors name the source by HttpSource.display, which keeps the query's token",
-)
 def test_url_token_is_not_in_error_messages(
     tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

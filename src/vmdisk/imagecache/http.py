@@ -26,6 +26,7 @@ import requests.adapters
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from vmdisk.credentials import strip_credentials
 from vmdisk.errors import ImageFetchError, InvalidRequest
 from vmdisk.imagecache.netguard import (
     AddressClass,
@@ -61,15 +62,19 @@ class HttpOptions:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its user:password; never raises, whatever the text is."""
+    """The URL without its user:password or secret-looking query values (signed URLs, tokens);
+    never raises, whatever the text is."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     netloc = rest[:end]
-    if "@" not in netloc:
+    if "@" in netloc:
+        url = f"{scheme}://****@{netloc.rpartition('@')[2]}{rest[end:]}"
+    try:
+        return strip_credentials(url)
+    except ValueError:
         return url
-    return f"{scheme}://****@{netloc.rpartition('@')[2]}{rest[end:]}"
 
 
 def parse_http_url(text: str) -> SplitResult:

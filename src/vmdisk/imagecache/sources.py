@@ -5,8 +5,10 @@ A source only yields bytes; deciding whether they are a safe image is inspect.py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import requests
 import urllib3
 
 from vmdisk._version import __version__
+from vmdisk.credentials import strip_credentials
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
 from vmdisk.fsutil import data_extents
 from vmdisk.imagecache.http import (
@@ -224,7 +227,9 @@ class HttpSource:
         return redact_url(self.url)
 
     def normalised(self) -> str:
-        return unsplit_without_credentials(urlsplit(self.url))
+        """No user information, and secret query values masked: it is stored (the image id,
+        the entry's source) and a new presigned URL of the same image must name the same entry."""
+        return strip_credentials(unsplit_without_credentials(urlsplit(self.url)))
 
     def resolve(self) -> SourceFacts:
         return SourceFacts()
@@ -254,7 +259,7 @@ class HttpSource:
             total,
             resumable,
             restarted=offset > 0 and start == 0,
-            interrupt=lambda: shutdown(getattr(conn, "sock", None)),
+            interrupt=lambda: _cut(response, conn),
         )
 
     def _get(self, offset: int) -> requests.Response:
@@ -275,6 +280,20 @@ class HttpSource:
             raise TransientFetchError(f"download from {self.display} was cut: {exc}") from exc
         finally:
             response.close()
+
+
+def _cut(response: requests.Response, conn: object) -> None:
+    """Wake a read blocked in another thread: shutdown(2) the connection's socket, or, for a
+    "Connection: close" answer (http.client hands the socket to the response and forgets it),
+    a duplicate of the fd the response still reads."""
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        shutdown(sock)
+        return
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        fd = response.raw._fp.fp.fileno()  # type: ignore[union-attr]
+        with socket.socket(fileno=os.dup(fd)) as dup:
+            shutdown(dup)
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
