@@ -192,3 +192,11 @@ class InternalError(VmdiskError):
 
     def __init__(self, message: str, *, hint: str | None = None, reason: str | None = "internal"):
         super().__init__(message, hint=hint, reason=reason)
+
+
+# --- the image plane (images helper) ---
+
+
+class ImageInUse(ImageError):
+    """An image (or an instance disk) is used by instances or open by a running VM; the
+    operation would change what they read. Reason "in-use"."""

@@ -13,10 +13,21 @@ import platformdirs
 from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
+from vmdisk.errors import InvalidRequest
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
+from vmdisk.imagecache.aliases import AliasStore, check_alias
 from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
-from vmdisk.imagecache.intake import Intake
-from vmdisk.imagecache.registry import SourceRegistry
+from vmdisk.imagecache.dedup import DedupIntake
+from vmdisk.imagecache.listing import ImageRow, find_image, image_rows
+from vmdisk.imagecache.manage import (
+    Overlays,
+    RefreshResult,
+    overlays_on,
+    refresh_image,
+    remove_image,
+)
+from vmdisk.imagecache.names import ImageNames
+from vmdisk.imagecache.registry import SourceRegistry, resolved
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.imagecache.verify import Verdict, verify_cache
@@ -51,15 +62,18 @@ class Host:
         self.limits = Limits(lib.images_address_space_limit, lib.images_cpu_time_limit)
         self.qemu = QemuImg(self.runner, self.limits)
         self.locks = Locks(settings.locks_dir)
-        intake = Intake(
+        intake = DedupIntake(
             settings.base_dir,
             self.qemu,
+            locks=self.locks,
             force_raw=settings.force_raw_images,
             max_virtual_size=settings.image_cache.max_virtual_size,
             progress=self.progress,
         )
         self.cache = ImageCache(settings.base_dir, self.locks, self.qemu, intake=intake)
         self.sources = SourceRegistry.from_settings(settings)
+        self.aliases = AliasStore(settings.base_dir, self.locks)
+        self.sources.names = ImageNames(settings.base_dir, self.aliases)
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
@@ -168,9 +182,11 @@ class Host:
         boot_files: Mapping[str, ImageRequest] | None = None,
     ) -> Instance:
         inst = self.store.find(ref)
-        request = request or ImageRequest(
-            source=inst.record.image_source or inst.record.image_id, image_id=inst.record.image_id
-        )
+        if request is None:
+            # A cached id resolves by itself (the recorded source may be a relative path).
+            cached = self.cache.lookup(inst.record.image_base) is not None
+            source = inst.record.image_id if cached else inst.record.image_source
+            request = ImageRequest(source or inst.record.image_id, image_id=inst.record.image_id)
         # Resolved like a create: a glance:// rescue image keeps Glance's checksum and format.
         image = self.resolve(request)
         boot = self.resolve_boot_files(boot_files)
@@ -252,6 +268,60 @@ class Host:
     def verify_cache(self) -> list[Verdict]:
         self.prepare()
         return verify_cache(self.cache)
+
+    # --- the image plane: list, show, rm, refresh, aliases (imagecache/listing, manage) ---
+
+    def images(self) -> list[ImageRow]:
+        """`image list`: every cached image with aliases, users and sharing."""
+        users = inventory.users_by_base(self.store, self.settings.base_dir)
+        return image_rows(self.settings.base_dir, self.aliases.all(), users)
+
+    def image(self, ref: str) -> ImageRow:
+        """An image by alias, id, or unique prefix of its entry name or sha256."""
+        return find_image(ref, self.images(), self.aliases.all())
+
+    def remove_image(self, ref: str) -> tuple[ImageRow, list[str]]:
+        """Remove an unused image and its aliases; refused (ImageInUse) while in use."""
+        row = self.image(ref)
+        base_dir = self.settings.base_dir
+        removed = remove_image(
+            self.cache, self.aliases, row, lambda: inventory.bases_in_use(self.store, base_dir)
+        )
+        return row, removed
+
+    def refresh_image(self, ref: str) -> RefreshResult:
+        """Fetch an image's source again; instances keep the content they were made from."""
+        row = self.image(ref)
+        if row.image_id is None:
+            raise InvalidRequest(f"{ref} is a retired base; it has no source to refresh from")
+        r = row.record
+        request = ImageRequest(r.source, image_id=r.image_id, kind=r.kind)
+        image = resolved(request, self.sources.open(r.source))
+        self.prepare()
+
+        def overlays() -> Overlays:
+            ours, foreign = inventory.instance_qcow2_disks(self.store)
+            return overlays_on(row.path, ours, foreign)
+
+        return refresh_image(self.cache, row, image, overlays, self.runner)
+
+    def set_alias(self, name: str, ref: str) -> tuple[str, str | None]:
+        """Point alias `name` at a cached image; returns (image id, previous target)."""
+        check_alias(name)
+        row = self.image(ref)
+        if row.image_id is None:
+            raise InvalidRequest(f"{ref} is a retired base; aliases name live images")
+        other = self.sources.names.record(name) if self.sources.names else None
+        if other is not None and other.image_id != row.image_id:
+            raise InvalidRequest(
+                f"{name} is already the id of another cached image (from {other.source})",
+                reason="id-conflict",
+            )
+        self.prepare()
+        return row.image_id, self.aliases.set(name, row.image_id)
+
+    def remove_alias(self, name: str) -> str:
+        return self.aliases.remove(name)
 
 
 def cache_dir() -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from vmdisk.errors import UnsafeImage
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
+from vmdisk.imagecache.names import ImageNames
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
 from vmdisk.imagecache.sources import ImageSource, open_source
@@ -28,6 +29,7 @@ class SourceRegistry:
         self.glance_settings = glance or GlanceSettings()
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
+        self.names: ImageNames | None = None  # aliases and cached ids, set by Host
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourceRegistry:
@@ -51,9 +53,18 @@ class SourceRegistry:
         )
 
     def resolve(self, request: ImageRequest) -> ResolvedImage:
-        """Open the source once and merge what it knows under what the user said."""
+        """Open the source once and merge what it knows under what the user said.
+
+        An alias or a cached image id is expanded first; an explicit image id already cached
+        from another source is refused.
+        """
+        if self.names is not None:
+            request = self.names.expand(request)
         source = self.open(request.source)
-        return resolved(request, source)
+        image = resolved(request, source)
+        if self.names is not None and request.image_id is not None:
+            self.names.check_source(image.image_id, source.display)
+        return image
 
 
 def resolved(request: ImageRequest, source: ImageSource) -> ResolvedImage:
