@@ -87,7 +87,7 @@ def fetch(
 
 def _row_lines(out: Console, row: ImageRow) -> None:
     d = row.to_dict()
-    title = row.image_id or f"(retired from {d['retired_from']})"
+    title = row.image_id or f"(retired {d['retired_from']})"
     out.print(f"image    {title}")
     for label, key in (
         ("aliases", "aliases"),

@@ -43,6 +43,13 @@ class ImageRow:
         return self.record.image_id.startswith(RETIRED_PREFIX)
 
     @property
+    def retired_from(self) -> str | None:
+        """The image id a retired base was fetched as (its id is retired:<id>@<sha256>)."""
+        if not self.retired:
+            return None
+        return self.record.image_id[len(RETIRED_PREFIX) :].rpartition("@")[0]
+
+    @property
     def image_id(self) -> str | None:
         return None if self.retired else self.record.image_id
 
@@ -52,7 +59,7 @@ class ImageRow:
             "name": self.name,
             "base": str(self.path),
             "image_id": self.image_id,
-            "retired_from": r.image_id[len(RETIRED_PREFIX) :] if self.retired else None,
+            "retired_from": self.retired_from,
             "aliases": self.aliases,
             "source": r.source,
             "kind": r.kind,
