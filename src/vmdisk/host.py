@@ -74,6 +74,7 @@ class Host:
         self.sources = SourceRegistry.from_settings(settings)
         self.aliases = AliasStore(settings.base_dir, self.locks)
         self.sources.names = ImageNames(settings.base_dir, self.aliases)
+        self.sources.max_virtual_size = settings.image_cache.max_virtual_size
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
@@ -296,7 +297,7 @@ class Host:
             raise InvalidRequest(f"{ref} is a retired base; it has no source to refresh from")
         r = row.record
         request = ImageRequest(r.source, image_id=r.image_id, kind=r.kind)
-        image = resolved(request, self.sources.open(r.source))
+        image = resolved(request, self.sources.open_request(request))
         self.prepare()
 
         def overlays() -> Overlays:

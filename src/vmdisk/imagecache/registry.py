@@ -6,7 +6,10 @@ endpoint); a new scheme (simplestreams, OCI) registers here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
+
 from vmdisk.errors import UnsafeImage
+from vmdisk.imagecache.compressed import SLACK, CompressedSource, compression_of
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
 from vmdisk.imagecache.names import ImageNames
@@ -30,6 +33,7 @@ class SourceRegistry:
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
         self.names: ImageNames | None = None  # aliases and cached ids, set by Host
+        self.max_virtual_size: int | None = None  # caps decompressed images, set by Host
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourceRegistry:
@@ -52,6 +56,17 @@ class SourceRegistry:
             text, connect_timeout=self.connect_timeout, stall_timeout=self.stall_timeout
         )
 
+    def open_request(self, request: ImageRequest) -> ImageSource:
+        """open(), then a `.xz`/`.gz`/`.zst` source decompressed while it streams, capped at
+        the image size limits (a decompression bomb stops there)."""
+        source = self.open(request.source)
+        codec = compression_of(request.source)
+        if codec is None:
+            return source
+        limits = [n for n in (request.max_size, self.max_virtual_size) if n]
+        cap = min(limits) + SLACK if limits else None
+        return CompressedSource(source, codec, cap, request.checksum)
+
     def resolve(self, request: ImageRequest) -> ResolvedImage:
         """Open the source once and merge what it knows under what the user said.
 
@@ -60,8 +75,10 @@ class SourceRegistry:
         """
         if self.names is not None:
             request = self.names.expand(request)
-        source = self.open(request.source)
+        source = self.open_request(request)
         image = resolved(request, source)
+        if isinstance(source, CompressedSource):  # it checks the checksum of what it reads
+            image = dataclasses.replace(image, checksum=None)
         if self.names is not None and request.image_id is not None:
             self.names.check_source(image.image_id, source.display)
         return image
