@@ -8,8 +8,9 @@ compressed stream as it always does. Output is capped: a decompression bomb stop
 limit (the image size limits plus slack for qcow2 metadata) with ImageTooLarge, having
 written only sparse zeros.
 
-A resume after a cut re-reads the compressed stream from the start and skips what was already
-written (a compressed stream cannot be entered in the middle).
+A cut download is resumed here, at the compressed offset, into the same decompressor. Should
+the intake itself reopen at an offset, the stream is read again from the start and what was
+already written is skipped (a compressed stream cannot be entered in the middle).
 """
 
 from __future__ import annotations
@@ -23,13 +24,27 @@ import zstandard
 
 from vmdisk.errors import ChecksumMismatch, ImageTooLarge, UnsafeImage
 from vmdisk.imagecache.records import Checksum
-from vmdisk.imagecache.sources import CHUNK, ImageSource, Opened, SourceFacts
-from vmdisk.units import GiB
+from vmdisk.imagecache.sources import (
+    CHUNK,
+    ImageSource,
+    Opened,
+    SourceFacts,
+    TransientFetchError,
+)
+from vmdisk.units import MiB
 
 SUFFIXES = {".xz": "xz", ".gz": "gzip", ".zst": "zstd"}
-#: A qcow2/vmdk file is a little larger than its virtual size at worst (tables, headers).
-SLACK = 1 * GiB
+#: A qcow2/vmdk file can be a little larger than its virtual size (tables, headers).
+SLACK_MIN = 64 * MiB
+
+
+def output_cap(limit: int) -> int:
+    """Decompressed bytes allowed for an image of at most `limit` virtual bytes."""
+    return limit + limit // 8 + SLACK_MIN
+
+
 ZSTD_PIECE = 4096
+MAX_RESUMES = 5
 
 
 def compression_of(text: str) -> str | None:
@@ -69,9 +84,27 @@ class CompressedSource:
         return SourceFacts(facts.image_id, facts.declared_format, None, None, None)
 
     def open(self, offset: int = 0) -> Opened:
-        opened = self.inner.open(0)
-        chunks = self._decompress(_verified(opened.chunks, self.checksum))
+        chunks = self._decompress(_verified(self._compressed(), self.checksum))
         return Opened(_skip(chunks, offset), None, resumable=True)
+
+    def _compressed(self) -> Iterator[bytes]:
+        """The inner bytes; a cut is resumed at the compressed offset reached, feeding the
+        same decompressor (its state is in memory), so nothing is read twice."""
+        opened = self.inner.open(0)
+        pos = resumes = 0
+        while True:
+            try:
+                for chunk in opened.chunks:
+                    pos += len(chunk)
+                    yield chunk
+                if opened.total is None or pos >= opened.total:
+                    return
+                raise TransientFetchError(f"{self.display} ended at {pos} of {opened.total}")
+            except TransientFetchError:
+                if resumes >= MAX_RESUMES or not opened.resumable:
+                    raise
+                resumes += 1
+                opened = self.inner.open(pos)
 
     def _decompress(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         produced = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from vmdisk.errors import UnsafeImage
-from vmdisk.imagecache.compressed import SLACK, CompressedSource, compression_of
+from vmdisk.imagecache.compressed import CompressedSource, compression_of, output_cap
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
 from vmdisk.imagecache.names import ImageNames
@@ -64,7 +64,7 @@ class SourceRegistry:
         if codec is None:
             return source
         limits = [n for n in (request.max_size, self.max_virtual_size) if n]
-        cap = min(limits) + SLACK if limits else None
+        cap = output_cap(min(limits)) if limits else None
         return CompressedSource(source, codec, cap, request.checksum)
 
     def resolve(self, request: ImageRequest) -> ResolvedImage:
