@@ -27,6 +27,7 @@ from vmdisk.imagecache.manage import (
     remove_image,
 )
 from vmdisk.imagecache.names import ImageNames
+from vmdisk.imagecache.probe import Probe, probe_image
 from vmdisk.imagecache.registry import SourceRegistry, resolved
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
@@ -305,6 +306,11 @@ class Host:
             return overlays_on(row.path, ours, foreign)
 
         return refresh_image(self.cache, row, image, overlays, self.runner)
+
+    def probe_image(self, request: ImageRequest) -> Probe:
+        """`--dry-run`: format, sizes and whether it is cached; reads at most the first MiB."""
+        image = self.resolve(request)
+        return probe_image(image, self.cache, self.settings.image_cache.max_virtual_size)
 
     def set_alias(self, name: str, ref: str) -> tuple[str, str | None]:
         """Point alias `name` at a cached image; returns (image id, previous target)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,52 @@ def test_same_content_is_stored_once(tmp_path: Path, root: Path) -> None:
     cli(root, "image", "rm", by_url["image_id"])
     assert not a.exists() and sha256(b) == by_path["sha256"]
     assert cli(root, "cache", "verify")["ok"] is True
+
+
+def test_dry_run_reads_the_head_only(tmp_path: Path, root: Path) -> None:
+    """`image fetch --dry-run`: size and format from the first MiB, at 1 MiB/s from a 64 MiB
+    image, so a download would take a minute; the cached answer touches no source at all."""
+    qcow2 = tmp_path / "big.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "1G"], check=True)
+    raw = tmp_path / "big.raw"
+    raw.write_bytes(b"\x01" * (64 * MiB))
+    routes = {
+        "/big.qcow2": Route(qcow2.read_bytes()),
+        "/big.raw": Route(raw.read_bytes(), rate=MiB),
+    }
+    with serve(routes) as server:
+        q = cli(root, "image", "fetch", server.url("/big.qcow2"), "--dry-run", "--json")
+        assert q == {
+            "dry_run": True,
+            "cached": False,
+            "compression": None,
+            "download_size": qcow2.stat().st_size,
+            "format": "qcow2",
+            "image_id": server.url("/big.qcow2"),
+            "name": q["name"],
+            "source": server.url("/big.qcow2"),
+            "virtual_size": 1024 * MiB,
+        }
+        started = time.monotonic()
+        r = cli(root, "image", "fetch", server.url("/big.raw"), "--dry-run")
+        assert time.monotonic() - started < 15
+        assert r["format"] == "raw" and r["virtual_size"] == r["download_size"] == 64 * MiB
+        err = cli(
+            root,
+            "image",
+            "fetch",
+            server.url("/big.qcow2"),
+            "--dry-run",
+            "--max-size",
+            "1G",
+            ok=False,
+        )
+        assert err["reason"] == "too-large" and err["exit"] == 4
+        assert not (root / "_base").exists() or not [
+            p for p in (root / "_base").iterdir() if p.name != "aliases.json"
+        ]
+        cli(root, "image", "fetch", server.url("/big.qcow2"), "--id", "big")
+        hits = server.hits["/big.qcow2"]
+        cached = cli(root, "image", "fetch", "big", "--dry-run")
+        assert cached["cached"] is True and cached["virtual_size"] == 1024 * MiB
+        assert server.hits["/big.qcow2"] == hits

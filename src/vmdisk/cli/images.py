@@ -12,6 +12,7 @@ from rich.table import Table
 from vmdisk.cli.context import app
 from vmdisk.imagecache.inspect import ALLOWED_FORMATS
 from vmdisk.imagecache.listing import ImageRow
+from vmdisk.imagecache.probe import Probe
 from vmdisk.request import image_request
 from vmdisk.units import format_size
 
@@ -61,6 +62,10 @@ def json_flag(func: F) -> F:
 @image_group.command("fetch")
 @click.argument("source")
 @intake_options("--id")
+@click.option(
+    "--dry-run", is_flag=True, help="Say what it is and if it is cached; download nothing."
+)
+@json_flag
 @click.pass_context
 def fetch(
     ctx: click.Context,
@@ -69,10 +74,17 @@ def fetch(
     fmt: str | None,
     checksum: str | None,
     max_size: str | None,
+    dry_run: bool,
 ) -> None:
-    """Cache SOURCE (path, file://, http(s)://) in _base, verified and converted to raw."""
+    """Cache SOURCE (alias, image id, path, file://, http(s)://, glance://; .xz/.gz/.zst are
+    decompressed as they stream) in _base, verified and converted to raw."""
     a = app(ctx)
-    cached = a.host.fetch_image(image_request(source, image_id, fmt, checksum, max_size))
+    request = image_request(source, image_id, fmt, checksum, max_size)
+    if dry_run:
+        found = a.host.probe_image(request)
+        a.output.emit(found.to_dict(), lambda out: _print_probe(out, found))
+        return
+    cached = a.host.fetch_image(request)
 
     def human(out: Console) -> None:
         state = "already cached" if cached.cached else "cached"
@@ -83,6 +95,19 @@ def fetch(
         out.print(f"  sha256   {cached.record.sha256}")
 
     a.output.emit(cached.to_dict(), human)
+
+
+def _print_probe(out: Console, p: Probe) -> None:
+    def size(n: int | None) -> str:
+        return format_size(n) if n is not None else "unknown until downloaded"
+
+    state = "cached" if p.cached else "not cached"
+    out.print(f"{p.image_id}: {state} (dry run: nothing downloaded)")
+    out.print(f"  source   {p.source}" + (f" ({p.compression})" if p.compression else ""))
+    out.print(f"  format   {p.format or '-'}")
+    out.print(f"  virtual  {size(p.virtual_size)}")
+    if not p.cached:
+        out.print(f"  download {size(p.download_size)}")
 
 
 def _row_lines(out: Console, row: ImageRow) -> None:
