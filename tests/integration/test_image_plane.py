@@ -223,7 +223,7 @@ def test_dry_run_reads_the_head_only(tmp_path: Path, root: Path) -> None:
             server.url("/big.qcow2"),
             "--dry-run",
             "--max-size",
-            "1G",
+            "512M",
             ok=False,
         )
         assert err["reason"] == "too-large" and err["exit"] == 4
