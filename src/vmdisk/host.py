@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
 import os
+import secrets
+import uuid as uuidlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,8 +17,9 @@ import platformdirs
 from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
-from vmdisk.errors import InvalidRequest
+from vmdisk.errors import InvalidRequest, NotSupported, VmdiskError
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
+from vmdisk.imagecache import snapshot
 from vmdisk.imagecache.aliases import AliasStore, check_alias
 from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
 from vmdisk.imagecache.dedup import DedupIntake
@@ -38,13 +43,23 @@ from vmdisk.inventory import CacheListing
 from vmdisk.libvirt import probe
 from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain
 from vmdisk.locks import Locks
-from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
+from vmdisk.model import (
+    BackendName,
+    BootOptions,
+    ConfigDriveSpec,
+    InstancePlan,
+    InstanceSpec,
+    validate_name,
+    validate_uuid,
+)
 from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.provision import Provisioner, write_domain_xml
+from vmdisk.request import image_request
 from vmdisk.settings import Settings
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Limits, Runner, SubprocessRunner
+from vmdisk.units import GiB
 
 
 class Host:
@@ -297,6 +312,8 @@ class Host:
         if row.image_id is None:
             raise InvalidRequest(f"{ref} is a retired base; it has no source to refresh from")
         r = row.record
+        if r.source.startswith(snapshot.SNAPSHOT_SCHEME):
+            raise InvalidRequest(f"{ref} is a snapshot ({r.source}); there is nothing to re-fetch")
         request = ImageRequest(r.source, image_id=r.image_id, kind=r.kind)
         image = resolved(request, self.sources.open_request(request))
         self.prepare()
@@ -311,6 +328,87 @@ class Host:
         """`--dry-run`: format, sizes and whether it is cached; reads at most the first MiB."""
         image = self.resolve(request)
         return probe_image(image, self.cache, self.settings.image_cache.max_virtual_size)
+
+    def snapshot_instance(self, ref: str, image_id: str, alias: str | None = None) -> CachedImage:
+        """The instance's root disk as a new raw base `image_id` (refused while running)."""
+        inst = self.store.find(ref)
+        if alias is not None:
+            check_alias(alias)
+        request = image_request("-", image_id, None, None, None)
+        names = self.sources.names
+        if names is not None and (names.record(image_id) or self.aliases.get(image_id)):
+            raise InvalidRequest(f"image id {image_id} is already used", reason="id-conflict")
+        self.prepare()
+        snapshot.refuse_if_running(inst.record, inst.path)
+        tmp = snapshot.convert_root(self.runner, inst.record, inst.path)
+        try:
+            stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            label = f"{snapshot.SNAPSHOT_SCHEME}{inst.record.name}/{inst.record.uuid}@{stamp}"
+            request = dataclasses.replace(request, source=str(tmp), declared_format="raw")
+            cached = self.cache.ensure(resolved(request, snapshot.SnapshotSource(tmp, label)))
+        finally:
+            tmp.unlink(missing_ok=True)
+        if alias is not None:
+            self.aliases.set(alias, image_id)
+        return cached
+
+    def clone_instance(self, ref: str, name: str, uuid: str | None = None) -> Instance:
+        """A new instance (new uuid, MAC, config drive) whose disks start as NAME's: the root
+        an overlay over (qcow2) or a copy of (flat) a snapshot of NAME's root, the
+        ephemeral disks copied; swap is made new."""
+        r = self.store.find(ref).record
+        if r.backend not in (BackendName.QCOW2, BackendName.FLAT):
+            raise NotSupported(f"clone of {r.backend} instances is not supported yet")
+        new_uuid = validate_uuid(uuid) if uuid else str(uuidlib.uuid4())
+        validate_name(name)
+        snap_id = f"clone-of:{r.uuid}:{new_uuid}"
+        self.snapshot_instance(ref, snap_id)
+        drive = None
+        if r.config_drive is not None:
+            user_data, keys = snapshot.drive_contents(r)
+            drive = ConfigDriveSpec(
+                user_data=user_data,
+                ssh_keys=keys,
+                admin_pass=secrets.token_urlsafe(12),
+                seed=r.config_drive.seed,
+                format=r.config_drive.format,
+            )
+        spec = InstanceSpec(
+            name=name,
+            uuid=new_uuid,
+            flavor=r.flavor,
+            ephemerals=tuple(
+                (d.size or 0) // GiB for d in r.disks if d.name.startswith("disk.eph")
+            ),
+            os_type=r.os_type,
+            backend=r.backend,
+            config_drive=drive,
+            cmdline=r.cmdline,
+        )
+        boot = {
+            role: ImageRequest(b.image_id, image_id=b.image_id)
+            for role, b in (("kernel", r.kernel), ("ramdisk", r.ramdisk))
+            if b is not None
+        }
+        try:
+            inst = self.create_instance(spec, ImageRequest(snap_id, image_id=snap_id), boot)
+        except BaseException:
+            with contextlib.suppress(VmdiskError):
+                self.remove_image(snap_id)  # the snapshot was made for this clone only
+            raise
+        for disk in snapshot.ephemeral_disks(r):
+            src, _ = snapshot.file_disk(r, disk.name)
+            dst, _ = snapshot.file_disk(inst.record, disk.name)
+            snapshot.copy_disk(src, dst)
+        return inst
+
+    def export_image(self, ref: str, dest: Path, fmt: str, compress: bool = False) -> Path:
+        """Write a cached image to `dest` as raw or qcow2, to carry it to another host."""
+        row = self.image(ref)
+        with self.locks.shared(row.name):
+            return snapshot.export_image(
+                self.runner, row.path, row.record.format, dest, fmt, compress
+            )
 
     def set_alias(self, name: str, ref: str) -> tuple[str, str | None]:
         """Point alias `name` at a cached image; returns (image id, previous target)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -13,6 +14,7 @@ from vmdisk.cli.context import app
 from vmdisk.imagecache.inspect import ALLOWED_FORMATS
 from vmdisk.imagecache.listing import ImageRow
 from vmdisk.imagecache.probe import Probe
+from vmdisk.imagecache.snapshot import EXPORT_FORMATS
 from vmdisk.request import image_request
 from vmdisk.units import format_size
 
@@ -289,6 +291,80 @@ def alias_list(ctx: click.Context) -> None:
     a.output.emit({"aliases": aliases}, human)
 
 
+@image_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--id", "image_id", required=True, help="The image id to cache it as.")
+@click.option("--format", "fmt", type=click.Choice(ALLOWED_FORMATS), help="Declared format.")
+@click.option("--checksum", help="ALGO:HEX of the file.")
+@json_flag
+@click.pass_context
+def image_import(
+    ctx: click.Context, file: Path, image_id: str, fmt: str | None, checksum: str | None
+) -> None:
+    """Cache FILE (an export from another host) as image ID: the same intake as fetch."""
+    a = app(ctx)
+    cached = a.host.fetch_image(image_request(str(file), image_id, fmt, checksum, None))
+    a.output.emit(cached.to_dict(), lambda out: out.print(f"imported {cached.image_id}"))
+
+
+@image_group.command("export")
+@click.argument("ref", metavar="ID|ALIAS")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="qcow2", show_default=True
+)
+@click.option("--compress", is_flag=True, help="qcow2 with compressed clusters.")
+@json_flag
+@click.pass_context
+def image_export(ctx: click.Context, ref: str, file: Path, fmt: str, compress: bool) -> None:
+    """Write a cached image to FILE (never overwritten) to move it to another host."""
+    a = app(ctx)
+    dest = a.host.export_image(ref, file, fmt, compress)
+    data = {
+        "exported": ref,
+        "file": str(dest),
+        "format": fmt,
+        "compressed": compress,
+        "size": dest.stat().st_size,
+    }
+    a.output.emit(data, lambda out: out.print(f"exported {ref} to {dest} ({fmt})"))
+
+
+@click.command("snapshot")
+@click.argument("name")
+@click.option("--image-id", "image_id", required=True, help="Id of the new image.")
+@click.option("--alias", help="Also name the new image with this alias.")
+@json_flag
+@click.pass_context
+def snapshot_cmd(ctx: click.Context, name: str, image_id: str, alias: str | None) -> None:
+    """Turn instance NAME's root disk into a new raw image in _base (refused while it runs);
+    `vmdisk create --image IMAGE_ID` then uses it."""
+    a = app(ctx)
+    cached = a.host.snapshot_instance(name, image_id, alias)
+    data = {**cached.to_dict(), "alias": alias}
+
+    def human(out: Console) -> None:
+        out.print(f"snapshot of {name}: image {cached.image_id}" + (f" ({alias})" if alias else ""))
+        out.print(f"  base     {cached.path}")
+        out.print(f"  size     {format_size(cached.record.virtual_size)}")
+
+    a.output.emit(data, human)
+
+
+@click.command("clone")
+@click.argument("name")
+@click.argument("new")
+@click.option("--uuid", "uuid_text", help="The clone's uuid (default: a new random one).")
+@json_flag
+@click.pass_context
+def clone_cmd(ctx: click.Context, name: str, new: str, uuid_text: str | None) -> None:
+    """A new instance NEW whose disks start as NAME's: new uuid, MAC and config drive."""
+    a = app(ctx)
+    inst = a.host.clone_instance(name, new, uuid_text)
+    data = a.host.describe(inst)
+    a.output.emit(data, lambda out: out.print(f"cloned {name} as {new} ({inst.record.uuid})"))
+
+
 @click.group("cache")
 def cache_group() -> None:
     """Inspect and prune the _base cache."""
@@ -390,3 +466,5 @@ def cache_verify(ctx: click.Context) -> None:
 def register(cli: click.Group) -> None:
     cli.add_command(image_group)
     cli.add_command(cache_group)
+    cli.add_command(snapshot_cmd)
+    cli.add_command(clone_cmd)

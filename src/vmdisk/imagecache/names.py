@@ -70,8 +70,7 @@ class ImageNames:
             return request
         if len(found) > 1:
             raise InvalidRequest(
-                f"{request.source!r} is ambiguous: "
-                + "; ".join(c.describe() for c in found),
+                f"{request.source!r} is ambiguous: " + "; ".join(c.describe() for c in found),
                 hint="name a file as ./PATH or file://PATH, an image by its id or alias",
                 reason="ambiguous-image",
             )

@@ -15,6 +15,7 @@ from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
 from vmdisk.imagecache.names import ImageNames
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
+from vmdisk.imagecache.snapshot import SNAPSHOT_SCHEME, SnapshotLabel
 from vmdisk.imagecache.sources import ImageSource, open_source
 from vmdisk.settings import GlanceSettings, ImageCacheSettings, Settings
 
@@ -59,6 +60,8 @@ class SourceRegistry:
     def open_request(self, request: ImageRequest) -> ImageSource:
         """open(), then a `.xz`/`.gz`/`.zst` source decompressed while it streams, capped at
         the image size limits (a decompression bomb stops there)."""
+        if request.source.startswith(SNAPSHOT_SCHEME):
+            return SnapshotLabel(request.source)
         source = self.open(request.source)
         codec = compression_of(request.source)
         if codec is None:
