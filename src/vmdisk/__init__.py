@@ -17,6 +17,7 @@ from vmdisk.errors import (
     FlavorDiskSmallerThanImage,
     ImageError,
     ImageFetchError,
+    ImageInUse,
     ImageNotFound,
     ImageRefused,
     ImageTooLarge,
@@ -42,6 +43,9 @@ from vmdisk.host import Host
 from vmdisk.imagecache.cleaner import Action, CleanupPlan, CleanupPolicy, CleanupResult, Decision
 from vmdisk.imagecache.entries import EntryKind
 from vmdisk.imagecache.glance import Glance
+from vmdisk.imagecache.listing import ImageRow
+from vmdisk.imagecache.manage import RefreshResult
+from vmdisk.imagecache.probe import Probe
 from vmdisk.imagecache.records import BaseRecord, Checksum
 from vmdisk.imagecache.registry import SourceRegistry
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
@@ -183,4 +187,9 @@ __all__ = [
     "parse_network",
     "plan_disks",
     "__version__",
+    # the image plane (images helper)
+    "ImageInUse",
+    "ImageRow",
+    "Probe",
+    "RefreshResult",
 ]
