@@ -91,6 +91,8 @@ class Host:
         self.aliases = AliasStore(settings.base_dir, self.locks)
         self.sources.names = ImageNames(settings.base_dir, self.aliases)
         self.sources.max_virtual_size = settings.image_cache.max_virtual_size
+        self.sources.ss_keyring = settings.image_cache.simplestreams_keyring
+        self.sources.ss_runner = self.runner
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)

@@ -142,6 +142,7 @@ class ImageCacheSettings:
     manager_interval: int = _kind("int", 2400)
     download_connect_timeout: int = _kind("int", 10)
     download_stall_timeout: int = _kind("int", 30)
+    simplestreams_keyring: str = _kind("str", "")  # gpg keyring that signs ss: streams
 
 
 @dataclass(frozen=True, slots=True)

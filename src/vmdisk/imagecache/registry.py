@@ -15,9 +15,12 @@ from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
 from vmdisk.imagecache.names import ImageNames
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
+from vmdisk.imagecache.simplestreams import SCHEME as SS_SCHEME
+from vmdisk.imagecache.simplestreams import SimpleStreamsSource, Verifier
 from vmdisk.imagecache.snapshot import SNAPSHOT_SCHEME, SnapshotLabel
 from vmdisk.imagecache.sources import ImageSource, open_source
 from vmdisk.settings import GlanceSettings, ImageCacheSettings, Settings
+from vmdisk.tools.runner import Runner, SubprocessRunner
 
 
 class SourceRegistry:
@@ -35,6 +38,8 @@ class SourceRegistry:
         self.stall_timeout = stall_timeout
         self.names: ImageNames | None = None  # aliases and cached ids, set by Host
         self.max_virtual_size: int | None = None  # caps decompressed images, set by Host
+        self.ss_keyring = ""  # [image_cache] simplestreams_keyring, set by Host
+        self.ss_runner: Runner | None = None  # runs gpgv, set by Host
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourceRegistry:
@@ -62,6 +67,13 @@ class SourceRegistry:
         the image size limits (a decompression bomb stops there)."""
         if request.source.startswith(SNAPSHOT_SCHEME):
             return SnapshotLabel(request.source)
+        if request.source.startswith(SS_SCHEME):
+            verifier = Verifier(self.ss_runner or SubprocessRunner(), self.ss_keyring)
+            timeouts = {
+                "connect_timeout": self.connect_timeout,
+                "stall_timeout": self.stall_timeout,
+            }
+            return SimpleStreamsSource(request.source, verifier, **timeouts)
         source = self.open(request.source)
         codec = compression_of(request.source)
         if codec is None:
