@@ -93,6 +93,7 @@ class Host:
         self.sources.max_virtual_size = settings.image_cache.max_virtual_size
         self.sources.ss_keyring = settings.image_cache.simplestreams_keyring
         self.sources.ss_runner = self.runner
+        self.sources.mirrors = settings.image_cache.mirrors
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import platformdirs
 
 from vmdisk.errors import SettingsError
+from vmdisk.imagecache.mirrors import parse_mirrors
 from vmdisk.netspec import Interface, parse_network
 from vmdisk.units import GiB, parse_size
 
@@ -143,6 +144,7 @@ class ImageCacheSettings:
     download_connect_timeout: int = _kind("int", 10)
     download_stall_timeout: int = _kind("int", 30)
     simplestreams_keyring: str = _kind("str", "")  # gpg keyring that signs ss: streams
+    mirrors: tuple[tuple[str, str], ...] = _kind(parse_mirrors, ())  # ["PREFIX=MIRROR", ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from vmdisk.errors import UnsafeImage
 from vmdisk.imagecache.compressed import CompressedSource, compression_of, output_cap
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
+from vmdisk.imagecache.mirrors import MirroredSource, mirror_for
 from vmdisk.imagecache.names import ImageNames
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
@@ -40,6 +41,7 @@ class SourceRegistry:
         self.max_virtual_size: int | None = None  # caps decompressed images, set by Host
         self.ss_keyring = ""  # [image_cache] simplestreams_keyring, set by Host
         self.ss_runner: Runner | None = None  # runs gpgv, set by Host
+        self.mirrors: tuple[tuple[str, str], ...] = ()  # [image_cache] mirrors, set by Host
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourceRegistry:
@@ -62,6 +64,11 @@ class SourceRegistry:
             text, connect_timeout=self.connect_timeout, stall_timeout=self.stall_timeout
         )
 
+    def mirrored(self, url: str, source: ImageSource) -> ImageSource:
+        """The source read from its `[image_cache] mirrors` entry first, if one matches."""
+        mirror = mirror_for(url, self.mirrors) if url.startswith(("http://", "https://")) else None
+        return MirroredSource(source, mirror, self.open) if mirror else source
+
     def open_request(self, request: ImageRequest) -> ImageSource:
         """open(), then a `.xz`/`.gz`/`.zst` source decompressed while it streams, capped at
         the image size limits (a decompression bomb stops there)."""
@@ -69,12 +76,14 @@ class SourceRegistry:
             return SnapshotLabel(request.source)
         if request.source.startswith(SS_SCHEME):
             verifier = Verifier(self.ss_runner or SubprocessRunner(), self.ss_keyring)
-            timeouts = {
-                "connect_timeout": self.connect_timeout,
-                "stall_timeout": self.stall_timeout,
-            }
-            return SimpleStreamsSource(request.source, verifier, **timeouts)
-        source = self.open(request.source)
+            return SimpleStreamsSource(
+                request.source,
+                verifier,
+                connect_timeout=self.connect_timeout,
+                stall_timeout=self.stall_timeout,
+                mirror=self.mirrored,
+            )
+        source = self.mirrored(request.source, self.open(request.source))
         codec = compression_of(request.source)
         if codec is None:
             return source

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -29,7 +30,7 @@ from vmdisk.errors import (
     UnsafeImage,
 )
 from vmdisk.imagecache.records import Checksum
-from vmdisk.imagecache.sources import HttpSource, Opened, SourceFacts, redact_url
+from vmdisk.imagecache.sources import HttpSource, ImageSource, Opened, SourceFacts, redact_url
 from vmdisk.tools.runner import Runner
 
 SCHEME = "ss:"
@@ -97,8 +98,12 @@ class SimpleStreamsSource:
         *,
         connect_timeout: float = 10.0,
         stall_timeout: float = 30.0,
+        mirror: Callable[[str, ImageSource], ImageSource] | None = None,
     ) -> None:
+        """`mirror` wraps the item's download in `[image_cache] mirrors` (registry.mirrored)."""
         self.text = text
+        self.mirror = mirror
+        self._item: ImageSource | None = None
         self.url, self.release, self.arch = parse(text)
         self.verifier = verifier
         self.timeouts = (connect_timeout, stall_timeout)
@@ -121,10 +126,13 @@ class SimpleStreamsSource:
         self.resolve()
         if self._item_url is None:
             raise InternalError("simplestreams source opened before it was resolved")
-        http = HttpSource(
-            self._item_url, connect_timeout=self.timeouts[0], stall_timeout=self.timeouts[1]
-        )
-        return http.open(offset)
+        if self._item is None:  # one per source, so a resume goes where the bytes came from
+            connect, stall = self.timeouts
+            item: ImageSource = HttpSource(
+                self._item_url, connect_timeout=connect, stall_timeout=stall
+            )
+            self._item = self.mirror(self._item_url, item) if self.mirror else item
+        return self._item.open(offset)
 
     def _document(self, path: str) -> Any:
         url = urljoin(self.url, path)
