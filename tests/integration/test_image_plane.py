@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,32 @@ def test_dry_run_reads_the_head_only(tmp_path: Path, root: Path) -> None:
         cached = cli(root, "image", "fetch", "big", "--dry-run")
         assert cached["cached"] is True and cached["virtual_size"] == 1024 * MiB
         assert server.hits["/big.qcow2"] == hits
+
+
+@pytest.fixture
+def xfs(tmp_path: Path) -> Iterator[Path]:
+    """A reflink-capable XFS on a loop device (the root file system here is ext4)."""
+    img, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "512M", str(img)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(img)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_same_content_on_xfs_is_a_reflink(tmp_path: Path, xfs: Path) -> None:
+    """Where the file system can, twins are separate inodes sharing extents."""
+    image = qcow2_image(tmp_path, "same", b"same on xfs\n")
+    root = xfs / "instances"
+    one = cli(root, "image", "fetch", str(image), "--id", "one")
+    two = cli(root, "image", "fetch", str(image), "--id", "two")
+    a, b = Path(one["base"]), Path(two["base"])
+    assert a.stat().st_ino != b.stat().st_ino and a.stat().st_nlink == 1
+    extents = subprocess.run(["filefrag", "-v", str(b)], capture_output=True, text=True, check=True)
+    assert "shared" in extents.stdout
+    listing = {e["name"]: e for e in cli(root, "cache", "list")["entries"]}
+    assert listing[b.name]["sharing"] == "reflink" and listing[b.name]["shared_with"] == [a.name]
+    assert sha256(a) == sha256(b) == two["sha256"]
