@@ -18,6 +18,7 @@ from vmdisk.errors import (
     FlavorDiskSmallerThanImage,
     ImageError,
     ImageFetchError,
+    ImageInUse,
     ImageNotFound,
     ImageRefused,
     ImageTooLarge,
@@ -44,6 +45,9 @@ from vmdisk.imagecache.cleaner import Action, CleanupPlan, CleanupPolicy, Cleanu
 from vmdisk.imagecache.entries import EntryKind
 from vmdisk.imagecache.glance import Glance
 from vmdisk.imagecache.http import HttpOptions
+from vmdisk.imagecache.listing import ImageRow
+from vmdisk.imagecache.manage import RefreshResult
+from vmdisk.imagecache.probe import Probe
 from vmdisk.imagecache.records import BaseRecord, Checksum
 from vmdisk.imagecache.registry import SourceRegistry
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
@@ -188,4 +192,9 @@ __all__ = [
     # issue 16
     "CacheEntryConflict",
     "HttpOptions",
+    # the image plane (images helper)
+    "ImageInUse",
+    "ImageRow",
+    "Probe",
+    "RefreshResult",
 ]

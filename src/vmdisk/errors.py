@@ -203,3 +203,11 @@ class CacheEntryConflict(ImageRefused):
     Exit 4 like every refusal; reasons "source-mismatch", "checksum-mismatch",
     "checksum-unverifiable", "format-mismatch", "too-large". The hint says how to replace it.
     """
+
+
+# --- the image plane (images helper) ---
+
+
+class ImageInUse(ImageError):
+    """An image (or an instance disk) is used by instances or open by a running VM; the
+    operation would change what they read. Reason "in-use"."""

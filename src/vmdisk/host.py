@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
 import os
+import secrets
+import uuid as uuidlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,11 +17,24 @@ import platformdirs
 from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
 from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
+from vmdisk.errors import InvalidRequest, NotSupported, VmdiskError
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
+from vmdisk.imagecache import snapshot
+from vmdisk.imagecache.aliases import AliasStore, check_alias
 from vmdisk.imagecache.bounds import DownloadPolicy
 from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
-from vmdisk.imagecache.intake import Intake
-from vmdisk.imagecache.registry import SourceRegistry
+from vmdisk.imagecache.dedup import DedupIntake
+from vmdisk.imagecache.listing import ImageRow, find_image, image_rows
+from vmdisk.imagecache.manage import (
+    Overlays,
+    RefreshResult,
+    overlays_on,
+    refresh_image,
+    remove_image,
+)
+from vmdisk.imagecache.names import ImageNames
+from vmdisk.imagecache.probe import Probe, probe_image
+from vmdisk.imagecache.registry import SourceRegistry, resolved
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.imagecache.verify import Verdict, verify_cache
@@ -27,13 +44,23 @@ from vmdisk.inventory import CacheListing
 from vmdisk.libvirt import probe
 from vmdisk.libvirt.domain import Domain, HostFacts, instance_domain
 from vmdisk.locks import Locks
-from vmdisk.model import BootOptions, InstancePlan, InstanceSpec
+from vmdisk.model import (
+    BackendName,
+    BootOptions,
+    ConfigDriveSpec,
+    InstancePlan,
+    InstanceSpec,
+    validate_name,
+    validate_uuid,
+)
 from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.provision import Provisioner, write_domain_xml
+from vmdisk.request import image_request
 from vmdisk.settings import Settings
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import Limits, Runner, SubprocessRunner
+from vmdisk.units import GiB
 
 
 class Host:
@@ -52,9 +79,10 @@ class Host:
         self.limits = Limits(lib.images_address_space_limit, lib.images_cpu_time_limit)
         self.qemu = QemuImg(self.runner, self.limits)
         self.locks = Locks(settings.locks_dir)
-        intake = Intake(
+        intake = DedupIntake(
             settings.base_dir,
             self.qemu,
+            locks=self.locks,
             force_raw=settings.force_raw_images,
             max_virtual_size=settings.image_cache.max_virtual_size,
             progress=self.progress,
@@ -72,6 +100,12 @@ class Host:
             in_use=lambda name: name in inventory.bases_in_use(self.store, settings.base_dir),
         )
         self.sources = SourceRegistry.from_settings(settings)
+        self.aliases = AliasStore(settings.base_dir, self.locks)
+        self.sources.names = ImageNames(settings.base_dir, self.aliases)
+        self.sources.max_virtual_size = settings.image_cache.max_virtual_size
+        self.sources.ss_keyring = settings.image_cache.simplestreams_keyring
+        self.sources.ss_runner = self.runner
+        self.sources.mirrors = settings.image_cache.mirrors
         self.templates = TemplateCache(settings.base_dir, self.locks)
         reserved = frozenset({settings.image_cache.subdirectory_name, "locks", inventory.REGISTRY})
         self.store = InstanceStore(settings.instances_path, self.locks, reserved)
@@ -180,9 +214,11 @@ class Host:
         boot_files: Mapping[str, ImageRequest] | None = None,
     ) -> Instance:
         inst = self.store.find(ref)
-        request = request or ImageRequest(
-            source=inst.record.image_source or inst.record.image_id, image_id=inst.record.image_id
-        )
+        if request is None:
+            # A cached id resolves by itself (the recorded source may be a relative path).
+            cached = self.cache.lookup(inst.record.image_base) is not None
+            source = inst.record.image_id if cached else inst.record.image_source
+            request = ImageRequest(source or inst.record.image_id, image_id=inst.record.image_id)
         # Resolved like a create: a glance:// rescue image keeps Glance's checksum and format.
         image = self.resolve(request)
         boot = self.resolve_boot_files(boot_files)
@@ -264,6 +300,148 @@ class Host:
     def verify_cache(self) -> list[Verdict]:
         self.prepare()
         return verify_cache(self.cache)
+
+    # --- the image plane: list, show, rm, refresh, aliases (imagecache/listing, manage) ---
+
+    def images(self) -> list[ImageRow]:
+        """`image list`: every cached image with aliases, users and sharing."""
+        users = inventory.users_by_base(self.store, self.settings.base_dir)
+        return image_rows(self.settings.base_dir, self.aliases.all(), users)
+
+    def image(self, ref: str) -> ImageRow:
+        """An image by alias, id, or unique prefix of its entry name or sha256."""
+        return find_image(ref, self.images(), self.aliases.all())
+
+    def remove_image(self, ref: str) -> tuple[ImageRow, list[str]]:
+        """Remove an unused image and its aliases; refused (ImageInUse) while in use."""
+        row = self.image(ref)
+        base_dir = self.settings.base_dir
+        removed = remove_image(
+            self.cache, self.aliases, row, lambda: inventory.bases_in_use(self.store, base_dir)
+        )
+        return row, removed
+
+    def refresh_image(self, ref: str) -> RefreshResult:
+        """Fetch an image's source again; instances keep the content they were made from."""
+        row = self.image(ref)
+        if row.image_id is None:
+            raise InvalidRequest(f"{ref} is a retired base; it has no source to refresh from")
+        r = row.record
+        if r.source.startswith(snapshot.SNAPSHOT_SCHEME):
+            raise InvalidRequest(f"{ref} is a snapshot ({r.source}); there is nothing to re-fetch")
+        request = ImageRequest(r.source, image_id=r.image_id, kind=r.kind)
+        image = resolved(request, self.sources.open_request(request))
+        self.prepare()
+
+        def overlays() -> Overlays:
+            ours, foreign = inventory.instance_qcow2_disks(self.store)
+            return overlays_on(row.path, ours, foreign)
+
+        return refresh_image(self.cache, row, image, overlays, self.runner)
+
+    def probe_image(self, request: ImageRequest) -> Probe:
+        """`--dry-run`: format, sizes and whether it is cached; reads at most the first MiB."""
+        image = self.resolve(request)
+        return probe_image(image, self.cache, self.settings.image_cache.max_virtual_size)
+
+    def snapshot_instance(self, ref: str, image_id: str, alias: str | None = None) -> CachedImage:
+        """The instance's root disk as a new raw base `image_id` (refused while running)."""
+        inst = self.store.find(ref)
+        if alias is not None:
+            check_alias(alias)
+        request = image_request("-", image_id, None, None, None)
+        names = self.sources.names
+        if names is not None and (names.record(image_id) or self.aliases.get(image_id)):
+            raise InvalidRequest(f"image id {image_id} is already used", reason="id-conflict")
+        self.prepare()
+        snapshot.refuse_if_running(inst.record, inst.path)
+        tmp = snapshot.convert_root(self.runner, inst.record, inst.path)
+        try:
+            stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            label = f"{snapshot.SNAPSHOT_SCHEME}{inst.record.name}/{inst.record.uuid}@{stamp}"
+            request = dataclasses.replace(request, source=str(tmp), declared_format="raw")
+            cached = self.cache.ensure(resolved(request, snapshot.SnapshotSource(tmp, label)))
+        finally:
+            tmp.unlink(missing_ok=True)
+        if alias is not None:
+            self.aliases.set(alias, image_id)
+        return cached
+
+    def clone_instance(self, ref: str, name: str, uuid: str | None = None) -> Instance:
+        """A new instance (new uuid, MAC, config drive) whose disks start as NAME's: the root
+        an overlay over (qcow2) or a copy of (flat) a snapshot of NAME's root, the
+        ephemeral disks copied; swap is made new."""
+        r = self.store.find(ref).record
+        if r.backend not in (BackendName.QCOW2, BackendName.FLAT):
+            raise NotSupported(f"clone of {r.backend} instances is not supported yet")
+        new_uuid = validate_uuid(uuid) if uuid else str(uuidlib.uuid4())
+        validate_name(name)
+        snap_id = f"clone-of:{r.uuid}:{new_uuid}"
+        self.snapshot_instance(ref, snap_id)
+        drive = None
+        if r.config_drive is not None:
+            user_data, keys = snapshot.drive_contents(r)
+            drive = ConfigDriveSpec(
+                user_data=user_data,
+                ssh_keys=keys,
+                admin_pass=secrets.token_urlsafe(12),
+                seed=r.config_drive.seed,
+                format=r.config_drive.format,
+            )
+        spec = InstanceSpec(
+            name=name,
+            uuid=new_uuid,
+            flavor=r.flavor,
+            ephemerals=tuple(
+                (d.size or 0) // GiB for d in r.disks if d.name.startswith("disk.eph")
+            ),
+            os_type=r.os_type,
+            backend=r.backend,
+            config_drive=drive,
+            cmdline=r.cmdline,
+        )
+        boot = {
+            role: ImageRequest(b.image_id, image_id=b.image_id)
+            for role, b in (("kernel", r.kernel), ("ramdisk", r.ramdisk))
+            if b is not None
+        }
+        try:
+            inst = self.create_instance(spec, ImageRequest(snap_id, image_id=snap_id), boot)
+        except BaseException:
+            with contextlib.suppress(VmdiskError):
+                self.remove_image(snap_id)  # the snapshot was made for this clone only
+            raise
+        for disk in snapshot.ephemeral_disks(r):
+            src, _ = snapshot.file_disk(r, disk.name)
+            dst, _ = snapshot.file_disk(inst.record, disk.name)
+            snapshot.copy_disk(src, dst)
+        return inst
+
+    def export_image(self, ref: str, dest: Path, fmt: str, compress: bool = False) -> Path:
+        """Write a cached image to `dest` as raw or qcow2, to carry it to another host."""
+        row = self.image(ref)
+        with self.locks.shared(row.name):
+            return snapshot.export_image(
+                self.runner, row.path, row.record.format, dest, fmt, compress
+            )
+
+    def set_alias(self, name: str, ref: str) -> tuple[str, str | None]:
+        """Point alias `name` at a cached image; returns (image id, previous target)."""
+        check_alias(name)
+        row = self.image(ref)
+        if row.image_id is None:
+            raise InvalidRequest(f"{ref} is a retired base; aliases name live images")
+        other = self.sources.names.record(name) if self.sources.names else None
+        if other is not None and other.image_id != row.image_id:
+            raise InvalidRequest(
+                f"{name} is already the id of another cached image (from {other.source})",
+                reason="id-conflict",
+            )
+        self.prepare()
+        return row.image_id, self.aliases.set(name, row.image_id)
+
+    def remove_alias(self, name: str) -> str:
+        return self.aliases.remove(name)
 
 
 def cache_dir() -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from vmdisk.imagecache.cleaner import (
     read_hosts,
     register_host,
 )
-from vmdisk.imagecache.entries import EntryKind, scan
-from vmdisk.imagecache.records import read_record
+from vmdisk.imagecache.dedup import sharing
+from vmdisk.imagecache.entries import Entry, EntryKind, scan
+from vmdisk.imagecache.records import BaseRecord, read_record
 from vmdisk.instances import Instance, InstanceStore
 from vmdisk.locks import Locks
 from vmdisk.model import FileSource
@@ -48,6 +49,8 @@ class CacheEntry:
     allocated: int
     last_used: str
     users: list[str] = field(default_factory=list)
+    shared_with: list[str] = field(default_factory=list)  # same content, blocks shared
+    sharing: str | None = None  # "hardlink" or "reflink"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,8 @@ class CacheListing:
                     "allocated": e.allocated,
                     "last_used": e.last_used,
                     "users": e.users,
+                    "shared_with": e.shared_with,
+                    "sharing": e.sharing,
                 }
                 for e in self.entries
             ],
@@ -140,10 +145,14 @@ def list_cache(store: InstanceStore, base_dir: Path) -> CacheListing:
     users = users_by_base(store, base_dir)
     shown = []
     entries = scan(base_dir)
+    records = {
+        e.name: read_record(base_dir / e.name) for e in entries if e.kind is EntryKind.ORIGINAL
+    }
     for e in entries:
         if e.kind not in SHOWN:
             continue
-        record = read_record(base_dir / e.name) if e.kind is EntryKind.ORIGINAL else None
+        record = records.get(e.name)
+        twins = _twins(base_dir, e.name, record, records)
         shown.append(
             CacheEntry(
                 name=e.name,
@@ -154,9 +163,58 @@ def list_cache(store: InstanceStore, base_dir: Path) -> CacheListing:
                 allocated=e.allocated,
                 last_used=dt.datetime.fromtimestamp(e.mtime, dt.UTC).isoformat(timespec="seconds"),
                 users=sorted(users.get(e.name, [])),
+                shared_with=[n for n, _ in twins],
+                sharing=twins[0][1] if twins else None,
             )
         )
-    return CacheListing(shown, sum(e.allocated for e in entries if e.regular))
+    return CacheListing(shown, unique_allocated(base_dir, entries))
+
+
+def _twins(
+    base_dir: Path, name: str, record: BaseRecord | None, records: dict[str, BaseRecord | None]
+) -> list[tuple[str, str]]:
+    """Other bases of the same content that share blocks with this one, and how."""
+    if record is None:
+        return []
+    same = [n for n, r in records.items() if n != name and r and r.sha256 == record.sha256]
+    return [(n, how) for n in same if (how := sharing(base_dir / name, base_dir / n))]
+
+
+def link_groups(base_dir: Path, entries: Iterable[Entry]) -> dict[str, str]:
+    """name -> inode key, for the regular entries that share an inode with another name."""
+    keys: dict[str, str] = {}
+    for e in entries:
+        if not e.regular:
+            continue
+        with contextlib.suppress(OSError):
+            st = (base_dir / e.name).lstat()
+            if st.st_nlink > 1:
+                keys[e.name] = f"{st.st_dev}:{st.st_ino}"
+    return keys
+
+
+def unique_allocated(base_dir: Path, entries: Sequence[Entry]) -> int:
+    """Allocated bytes with every hard-linked inode counted once."""
+    groups = link_groups(base_dir, entries)
+    seen: set[str] = set()
+    total = 0
+    for e in entries:
+        if not e.regular:
+            continue
+        key = groups.get(e.name)
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        total += e.allocated
+    return total
+
+
+def instance_qcow2_disks(store: InstanceStore) -> tuple[list[Path], list[Path]]:
+    """(vmdisk's qcow2 disks, foreign instance directories' qcow2 disks) on this host."""
+    ours = [d for inst in store.all() for d in _qcow2_disks(inst)]
+    foreign = [d for directory in store.foreign() for d in foreign_disks(directory)]
+    return ours, foreign
 
 
 def prune(
@@ -175,7 +233,8 @@ def prune(
         store.reap()
         hosts = register_host(registry, locks, hostname(), started, write_atomic)
     in_use = bases_in_use(store, base_dir)
-    plan = plan_cleanup(scan(base_dir), in_use, hosts, started, policy)
+    entries = scan(base_dir)
+    plan = plan_cleanup(entries, in_use, hosts, started, policy, link_groups(base_dir, entries))
     if dry_run:
         return plan, None
     return plan, apply_cleanup(plan, base_dir, locks, started, policy)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import platformdirs
 
 from vmdisk.errors import SettingsError
+from vmdisk.imagecache.mirrors import parse_mirrors
 from vmdisk.netspec import Interface, parse_network
 from vmdisk.qemuvalues import ceph_name, option_path, secret_uuid
 from vmdisk.units import GiB, parse_size
@@ -170,6 +171,8 @@ class ImageCacheSettings:
     download_min_rate: int = _kind("size", 16 * 1024)
     download_rate_window: int = _kind("int", 60)
     download_deadline: int = _kind("int", 6 * 3600)
+    simplestreams_keyring: str = _kind("str", "")  # gpg keyring that signs ss: streams
+    mirrors: tuple[tuple[str, str], ...] = _kind(parse_mirrors, ())  # ["PREFIX=MIRROR", ...]
 
 
 @dataclass(frozen=True, slots=True)

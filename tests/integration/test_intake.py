@@ -152,7 +152,7 @@ HOSTILE: dict[str, tuple[str, Callable[[Path, Path], Path]]] = {
     "short": ("not-an-image", lambda t, s: _write(t / "short.img", b"x" * 300)),
     "gzip": (
         "not-an-image",
-        lambda t, s: _write(t / "x.qcow2.gz", gzip.compress(qcow2(t, "g.qcow2").read_bytes())),
+        lambda t, s: _write(t / "x.qcow2", gzip.compress(qcow2(t, "g.qcow2").read_bytes())),
     ),
     "tar": ("not-an-image", lambda t, s: _tar(t, s)),  # noqa: PLW0108 - defined below
     "html": (

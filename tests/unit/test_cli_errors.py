@@ -55,7 +55,8 @@ def test_settings_error_is_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_refused_image_is_exit_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    archive = tmp_path / "image.qcow2.gz"
+    # gzip bytes under a name that does not say .gz: refused (a .gz name is decompressed)
+    archive = tmp_path / "image.qcow2"
     archive.write_bytes(gzip.compress(b"\0" * 100000))
     inst = tmp_path / "inst"
     code, out, _ = run(

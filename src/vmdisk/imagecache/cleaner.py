@@ -81,13 +81,15 @@ class CleanupPlan:
     now: float
     total_allocated: int
     active_hosts: tuple[str, ...] = ()
+    links: Mapping[str, str] = field(default_factory=dict)  # hard-linked name -> inode key
 
     def by_action(self, action: Action) -> list[Decision]:
         return [d for d in self.decisions if d.action is action]
 
     @property
     def freed(self) -> int:
-        return sum(d.allocated for d in self.by_action(Action.REMOVE))
+        """Bytes the removals free: a hard-linked inode only when all its names go."""
+        return _freed(self.decisions, {d.name for d in self.by_action(Action.REMOVE)}, self.links)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,22 +144,64 @@ def plan_cleanup(
     hosts: Mapping[str, float],
     now: float,
     policy: CleanupPolicy,
+    links: Mapping[str, str] | None = None,
 ) -> CleanupPlan:
-    """Decide for every entry; then evict unused entries LRU-first while over max_size."""
+    """Decide for every entry; then evict unused entries LRU-first while over max_size.
+
+    In-use is decided per name; `links` (name -> inode key of hard-linked bases, see
+    imagecache/dedup.py) only changes the byte counts: an inode is freed with its last name.
+    """
+    links = dict(links or {})
     present = {e.name for e in entries}
     decisions = [_decide(e, in_use, present, now, policy) for e in entries]
-    total = sum(e.allocated for e in entries if e.regular)
+    total = _total(entries, links)
     if policy.max_size is not None and policy.remove_unused:
-        decisions = _evict(decisions, total, policy.max_size)
+        decisions = _evict(decisions, total, policy.max_size, links)
     active = tuple(sorted(h for h, seen in hosts.items() if now - seen <= HOST_WINDOW))
-    return CleanupPlan(tuple(decisions), now, total, active)
+    return CleanupPlan(tuple(decisions), now, total, active, links)
+
+
+def _total(entries: Sequence[Entry], links: Mapping[str, str]) -> int:
+    """Allocated bytes of the regular entries, each hard-linked inode once."""
+    total, seen = 0, set()
+    for e in entries:
+        key = links.get(e.name)
+        if not e.regular or key in seen:
+            continue
+        if key is not None:
+            seen.add(key)
+        total += e.allocated
+    return total
+
+
+def _freed(decisions: Sequence[Decision], removed: Set[str], links: Mapping[str, str]) -> int:
+    """Allocated bytes of `removed`, each hard-linked inode counted once, and only when
+    every one of its names is removed."""
+    groups: dict[str, set[str]] = {}
+    for d in decisions:
+        if d.name in links:
+            groups.setdefault(links[d.name], set()).add(d.name)
+    total, counted = 0, set()
+    for d in decisions:
+        if d.name not in removed:
+            continue
+        key = links.get(d.name)
+        if key is None:
+            total += d.allocated
+        elif key not in counted and groups[key] <= removed:
+            counted.add(key)
+            total += d.allocated
+    return total
 
 
 _EVICTABLE = (EntryKind.ORIGINAL, EntryKind.RESIZED, EntryKind.SWAP, EntryKind.EPHEMERAL)
 
 
-def _evict(decisions: list[Decision], total: int, max_size: int) -> list[Decision]:
-    remaining = total - sum(d.allocated for d in decisions if d.action is Action.REMOVE)
+def _evict(
+    decisions: list[Decision], total: int, max_size: int, links: Mapping[str, str]
+) -> list[Decision]:
+    removed = {d.name for d in decisions if d.action is Action.REMOVE}
+    remaining = total - _freed(decisions, removed, links)
     if remaining <= max_size:
         return decisions
     candidates = sorted(
@@ -169,7 +213,7 @@ def _evict(decisions: list[Decision], total: int, max_size: int) -> list[Decisio
         if remaining <= max_size:
             break
         evict.add(d.name)
-        remaining -= d.allocated
+        remaining = total - _freed(decisions, removed | evict, links)
     return [
         Decision(
             d.name,

@@ -10,14 +10,21 @@ import dataclasses
 from collections.abc import Callable
 
 from vmdisk.errors import UnsafeImage
+from vmdisk.imagecache.compressed import CompressedSource, compression_of, output_cap
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
 from vmdisk.imagecache.http import HttpClient, HttpOptions
+from vmdisk.imagecache.mirrors import MirroredSource, mirror_for
+from vmdisk.imagecache.names import ImageNames
 from vmdisk.imagecache.netguard import AddressClass, Resolver, classify, system_resolver
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
+from vmdisk.imagecache.simplestreams import SCHEME as SS_SCHEME
+from vmdisk.imagecache.simplestreams import SimpleStreamsSource, Verifier
+from vmdisk.imagecache.snapshot import SNAPSHOT_SCHEME, SnapshotLabel
 from vmdisk.imagecache.sources import ImageSource, open_source
 from vmdisk.settings import GlanceSettings, ImageCacheSettings, Settings
+from vmdisk.tools.runner import Runner, SubprocessRunner
 
 
 class SourceRegistry:
@@ -39,6 +46,11 @@ class SourceRegistry:
         self.options = options or HttpOptions()
         self.resolver = resolve
         self.classify_address = classify_address
+        self.names: ImageNames | None = None  # aliases and cached ids, set by Host
+        self.max_virtual_size: int | None = None  # caps decompressed images, set by Host
+        self.ss_keyring = ""  # [image_cache] simplestreams_keyring, set by Host
+        self.ss_runner: Runner | None = None  # runs gpgv, set by Host
+        self.mirrors: tuple[tuple[str, str], ...] = ()  # [image_cache] mirrors, set by Host
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourceRegistry:
@@ -61,10 +73,47 @@ class SourceRegistry:
             classify_address=self.classify_address,
         )
 
+    def mirrored(self, url: str, source: ImageSource) -> ImageSource:
+        """The source read from its `[image_cache] mirrors` entry first, if one matches."""
+        mirror = mirror_for(url, self.mirrors) if url.startswith(("http://", "https://")) else None
+        return MirroredSource(source, mirror, self.open) if mirror else source
+
+    def open_request(self, request: ImageRequest) -> ImageSource:
+        """open(), then a `.xz`/`.gz`/`.zst` source decompressed while it streams, capped at
+        the image size limits (a decompression bomb stops there)."""
+        if request.source.startswith(SNAPSHOT_SCHEME):
+            return SnapshotLabel(request.source)
+        if request.source.startswith(SS_SCHEME):
+            verifier = Verifier(self.ss_runner or SubprocessRunner(), self.ss_keyring)
+            return SimpleStreamsSource(
+                request.source,
+                verifier,
+                options=self.options,
+                mirror=self.mirrored,
+            )
+        source = self.mirrored(request.source, self.open(request.source))
+        codec = compression_of(request.source)
+        if codec is None:
+            return source
+        limits = [n for n in (request.max_size, self.max_virtual_size) if n]
+        cap = output_cap(min(limits)) if limits else None
+        return CompressedSource(source, codec, cap, request.checksum)
+
     def resolve(self, request: ImageRequest) -> ResolvedImage:
-        """Open the source once and merge what it knows under what the user said."""
-        source = self.open(request.source)
-        return resolved(request, source)
+        """Open the source once and merge what it knows under what the user said.
+
+        An alias or a cached image id is expanded first; an explicit image id already cached
+        from another source is refused.
+        """
+        if self.names is not None:
+            request = self.names.expand(request)
+        source = self.open_request(request)
+        image = resolved(request, source)
+        if isinstance(source, CompressedSource):  # it checks the checksum of what it reads
+            image = dataclasses.replace(image, checksum=None)
+        if self.names is not None and request.image_id is not None:
+            self.names.check_source(image.image_id, source.display)
+        return image
 
 
 def resolved(request: ImageRequest, source: ImageSource) -> ResolvedImage:
