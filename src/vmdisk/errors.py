@@ -15,6 +15,7 @@ VmdiskError                      exit 1; message, optional hint and machine-read
       UnsafeImage                backing file, data file, flat extent, mismatch, corrupt...
       ChecksumMismatch
       ImageTooLarge              virtual size over --max-size or absurd
+    RegistryError                an OCI registry refused or failed a request (auth, TLS, push)
   BackendError
     InsufficientSpace            the filesystem (or Ceph pool) cannot hold what we write
     DiskMissing                  an instance disk or its base is gone
@@ -192,3 +193,7 @@ class InternalError(VmdiskError):
 
     def __init__(self, message: str, *, hint: str | None = None, reason: str | None = "internal"):
         super().__init__(message, hint=hint, reason=reason)
+
+
+class RegistryError(ImageError):
+    """An OCI registry refused or failed a request: auth, TLS, an unexpected answer."""

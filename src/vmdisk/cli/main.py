@@ -58,11 +58,12 @@ def cli(
 
 
 def _register() -> None:
-    from vmdisk.cli import boot, images, instances
+    from vmdisk.cli import boot, images, instances, oci
 
     images.register(cli)
     instances.register(cli)
     boot.register(cli)
+    oci.register(cli)  # after the others: it adds flags to their pulling commands
 
 
 def _report(error: dict[str, Any], json_mode: bool, hint: str | None = None) -> None:

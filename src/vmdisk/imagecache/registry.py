@@ -9,10 +9,11 @@ from __future__ import annotations
 from vmdisk.errors import UnsafeImage
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
+from vmdisk.imagecache.oci import SCHEME as OCI_SCHEME
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
 from vmdisk.imagecache.sources import ImageSource, open_source
-from vmdisk.settings import GlanceSettings, ImageCacheSettings, Settings
+from vmdisk.settings import GlanceSettings, ImageCacheSettings, OciSettings, Settings
 
 
 class SourceRegistry:
@@ -24,8 +25,10 @@ class SourceRegistry:
         *,
         connect_timeout: float = 10.0,
         stall_timeout: float = 30.0,
+        oci: OciSettings | None = None,
     ) -> None:
         self.glance_settings = glance or GlanceSettings()
+        self.oci_settings = oci or OciSettings()
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
 
@@ -36,6 +39,7 @@ class SourceRegistry:
             settings.glance,
             connect_timeout=c.download_connect_timeout,
             stall_timeout=c.download_stall_timeout,
+            oci=settings.oci,
         )
 
     def glance(self) -> Glance:
@@ -46,6 +50,15 @@ class SourceRegistry:
         """Turn what the user typed into a source; refuse schemes we never read."""
         if text.startswith(GLANCE_SCHEME):
             return GlanceSource(self.glance(), image_id_of(text))
+        if text.startswith(OCI_SCHEME):
+            from vmdisk.imagecache.oci_source import open_oci  # only oci:// users pay for it
+
+            return open_oci(
+                text,
+                self.oci_settings,
+                connect_timeout=self.connect_timeout,
+                stall_timeout=self.stall_timeout,
+            )
         return open_source(
             text, connect_timeout=self.connect_timeout, stall_timeout=self.stall_timeout
         )
