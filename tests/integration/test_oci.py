@@ -124,7 +124,10 @@ def put_image(
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put_blob(reg, repo, config)},
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            **put_blob(reg, repo, config),
+        },
         "layers": descs,
     }
     return put_manifest(reg, repo, tag, manifest)
@@ -270,7 +273,7 @@ def test_disk_behind_other_layers_and_raw_is_pulled(registry: Registry, tmp_path
     disk = os.urandom(MiB) + bytes(MiB)
     digest = put_image(
         registry, "vm/layered", "t",
-        [{"etc/os-release": b"ID=test\n", "usr/big": os.urandom(3 * MiB)}, {"./disk/root.img": disk}],
+        [{"etc/os-release": b"ID=1\n", "usr/big": os.urandom(3 * MiB)}, {"./disk/root.img": disk}],
     )  # fmt: skip
     fetched = ok(pull(tmp_path / "h", registry.url("vm/layered:t"), registry))
     assert fetched["image_id"] == digest and fetched["detected_format"] == "raw"
@@ -320,7 +323,9 @@ def _manifest_size(reg: Registry, repo: str, digest: str) -> int:
     return len(answer.content)
 
 
-def test_plain_http_only_for_loopback_and_tls_is_verified(tmp_path: Path, registry: Registry) -> None:
+def test_plain_http_only_for_loopback_and_tls_is_verified(
+    tmp_path: Path, registry: Registry
+) -> None:
     host = tmp_path / "h"
     error = refused(pull(host, "oci://registry.example.org/vm/x:1", registry,
                          "--insecure-registry", "registry.example.org"), 2)  # fmt: skip

@@ -58,9 +58,7 @@ class Registry:
     def blob_path(self, digest: str) -> Path:
         """Where distribution keeps a blob: docker/registry/v2/blobs/sha256/ab/abcd.../data."""
         hexdigest = digest.split(":", 1)[1]
-        return (
-            self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
-        )
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
 
 
 def available() -> bool:
@@ -74,7 +72,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running(workdir: Path, *, username: str | None = None, password: str | None = None) -> Iterator[Registry]:
+def running(
+    workdir: Path, *, username: str | None = None, password: str | None = None
+) -> Iterator[Registry]:
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
     storage.mkdir(exist_ok=True)

@@ -19,12 +19,12 @@ from rich.console import Console
 from vmdisk.cli.context import AppContext, app
 from vmdisk.cli.images import image_group
 from vmdisk.errors import ImageNotFound
+from vmdisk.host import Host
 from vmdisk.imagecache.oci import Reference, host_platform
 from vmdisk.imagecache.oci_push import push_base
 from vmdisk.imagecache.oci_source import registry_client
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.store import CachedImage
-from vmdisk.host import Host
 
 PULLING_COMMANDS = ("create", "rescue")
 

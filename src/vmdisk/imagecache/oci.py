@@ -57,7 +57,9 @@ INDEXES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((*MANIFESTS, *INDEXES))
 
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
-_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_REPO = re.compile(
+    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7", "ppc64le": "ppc64le"}
@@ -257,7 +259,7 @@ class RegistryClient:
         stream: bool = False,
         data: BinaryIO | bytes | None = None,
     ) -> requests.Response:
-        """One request, authenticated for `scope` (answering one 401 challenge), redirects checked."""
+        """One request authenticated for `scope` (one 401 challenge answered); redirects checked."""
         url = path if "://" in path else self.base + path
         response = self._send(method, url, scope, headers, stream, data)
         if response.status_code == 401:

@@ -34,8 +34,7 @@ ANNOTATION = "io.vmdisk"
 
 @dataclass(frozen=True, slots=True)
 class Blob:
-    path: Path | None
-    data: bytes | None
+    content: Path | bytes  # a file for the layer, the bytes themselves for the config
     digest: str
     size: int
     media: str
@@ -104,10 +103,10 @@ def build_layer(disk: Path, out: Path) -> tuple[Blob, str]:
         fh.write(tail)
         written += len(tail)
     digest = "sha256:" + gz_hash.hexdigest()
-    return Blob(out, None, digest, written, LAYER), "sha256:" + tar_hash.hexdigest()
+    return Blob(out, digest, written, LAYER), "sha256:" + tar_hash.hexdigest()
 
 
-def annotations(record: BaseRecord) -> dict[str, str]:
+def annotations_for(record: BaseRecord) -> dict[str, str]:
     """Where the image came from and what the intake found, for whoever pulls it."""
     verdict = {
         "verdict": "accepted",
@@ -139,7 +138,7 @@ def _config(diff_id: str, platform: str) -> Blob:
     if variant:
         config["variant"] = variant
     data = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    return Blob(None, data, sha256_digest(data), len(data), OCI_CONFIG)
+    return Blob(data, sha256_digest(data), len(data), OCI_CONFIG)
 
 
 def manifest(config: Blob, layer: Blob, notes: dict[str, str]) -> bytes:
@@ -176,7 +175,7 @@ def push_base(
         layer, diff_id = build_layer(qcow2, tmp / "layer.tar.gz")
         qcow2.unlink()
         config = _config(diff_id, platform)
-        body = manifest(config, layer, annotations(record))
+        body = manifest(config, layer, annotations_for(record))
         uploaded, skipped = [], []
         for blob in (layer, config):
             if client.has_blob(ref.repository, blob.digest):
@@ -191,10 +190,9 @@ def push_base(
 
 
 def _upload(client: RegistryClient, repository: str, blob: Blob) -> None:
-    if blob.data is not None:
-        client.upload_blob(repository, blob.digest, io.BytesIO(blob.data), blob.size)
+    if isinstance(blob.content, bytes):
+        client.upload_blob(repository, blob.digest, io.BytesIO(blob.content), blob.size)
         return
-    assert blob.path is not None
-    with open(blob.path, "rb", buffering=0) as fh:
+    with open(blob.content, "rb", buffering=0) as fh:
         os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         client.upload_blob(repository, blob.digest, fh, blob.size)

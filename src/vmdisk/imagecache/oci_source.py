@@ -142,8 +142,8 @@ class OciSource:
         if not layers:
             raise refuse_layout(f"{self.display} has no layers, so no disk")
         walk = _DiskWalk(self, layers)
-        size = walk.find_disk()
-        return Opened(walk.stream(offset), size, resumable=False)
+        disk = walk.find_disk()
+        return Opened(walk.stream(disk, offset), disk.size, resumable=False)
 
     def _check_config(self, manifest: dict[str, Any]) -> None:
         digest, size, _ = check_descriptor(manifest.get("config"), "config")
@@ -323,18 +323,15 @@ class _DiskWalk:
     def __init__(self, source: OciSource, layers: list[tuple[str, int, str]]) -> None:
         self.source = source
         self.layers = iter(layers)
-        self.stream_: _Bytes | None = None
-        self.entries: Iterator[TarEntry] | None = None
-        self.disk: TarEntry | None = None
+        self.stream_ = _Bytes(iter(()))
+        self.entries: Iterator[TarEntry] = iter(())
 
     def _next_entry(self) -> TarEntry | None:
         while True:
-            if self.entries is not None:
-                entry = next(self.entries, None)
-                if entry is not None:
-                    return entry
-                assert self.stream_ is not None
-                self.stream_.drain()  # the tar's end padding: the digest covers it too
+            entry = next(self.entries, None)
+            if entry is not None:
+                return entry
+            self.stream_.drain()  # the tar's end padding: the digest covers it too
             layer = next(self.layers, None)
             if layer is None:
                 return None
@@ -352,23 +349,20 @@ class _DiskWalk:
         return entry.kind in (b"0", b"\0", b"7")
 
     def _skip(self, entry: TarEntry) -> None:
-        assert self.stream_ is not None
         for _ in self.stream_.take(entry.size + _pad(entry.size)):
             pass
 
-    def find_disk(self) -> int:
+    def find_disk(self) -> TarEntry:
         while (entry := self._next_entry()) is not None:
             if self._disk_entry(entry):
-                self.disk = entry
-                return entry.size
+                return entry
             self._skip(entry)
         raise refuse_layout(
             f"{self.source.display} is not a containerDisk: no file under /disk/",
         )
 
-    def stream(self, offset: int) -> Iterator[bytes]:
-        assert self.disk is not None and self.stream_ is not None
-        disk, pos = self.disk, 0
+    def stream(self, disk: TarEntry, offset: int) -> Iterator[bytes]:
+        pos = 0
         for chunk in self.stream_.take(disk.size):
             end = pos + len(chunk)
             if end > offset:
@@ -401,7 +395,9 @@ def open_oci(
 def registry_client(
     registry: str, settings: OciSettings, connect_timeout: float = 10.0, stall_timeout: float = 30.0
 ) -> RegistryClient:
-    creds = load_credentials(parse_credentials(settings.credentials), env_auth_file(settings.auth_file))
+    creds = load_credentials(
+        parse_credentials(settings.credentials), env_auth_file(settings.auth_file)
+    )
     return client_for(
         registry,
         insecure_registries=settings.insecure_registries,
