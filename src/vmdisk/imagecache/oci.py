@@ -23,7 +23,9 @@ import ipaddress
 import json
 import os
 import platform as platform_module
+import queue
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -492,6 +494,32 @@ def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
     return b"".join(parts)
 
 
+class _BackgroundSha256:
+    """sha256 on a thread beside the consumer (hashlib drops the GIL on large updates)."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            self.hash.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.queue.put(chunk)
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def digest(self) -> str:
+        self.close()
+        return "sha256:" + self.hash.hexdigest()
+
+
 class BlobReader:
     """A blob's bytes as they arrive, hashed and counted; a digest or size mismatch raises.
 
@@ -506,7 +534,7 @@ class BlobReader:
         self.what = what
 
     def __iter__(self) -> Iterator[bytes]:
-        h = hashlib.sha256()
+        h = _BackgroundSha256()
         seen = 0
         try:
             for chunk in self.response.raw.stream(CHUNK, decode_content=False):
@@ -522,7 +550,8 @@ class BlobReader:
             raise TransientFetchError(f"download of {self.what} was cut: {exc}") from exc
         finally:
             self.response.close()
-        actual = "sha256:" + h.hexdigest()
+            h.close()
+        actual = h.digest()
         if seen != self.size or actual != self.digest:
             raise ChecksumMismatch(
                 f"{self.what} is {seen} bytes hashing to {actual}; its manifest says "
