@@ -373,3 +373,37 @@ def test_htpasswd_auth_push_and_pull(tmp_path: Path) -> None:
         error = refused(proc, 1)
         assert error["reason"] == "auth-failed" and "as alice" in error["message"]
         assert "wrong" not in proc.stdout + proc.stderr
+
+
+def test_bearer_token_flow(tmp_path: Path) -> None:
+    """WWW-Authenticate: Bearer → the token realm with basic credentials → a JWT the real
+    registry verifies (signature, issuer, audience, granted actions)."""
+    (tmp_path / "reg").mkdir()
+    tokens = registry_service.TokenService(tmp_path / "reg", "bob", "hunter2")
+    try:
+        with registry_service.running(tmp_path / "reg", tokens=tokens) as reg:
+            host_a, image_id = cached_base(tmp_path, "a", os.urandom(MiB))
+            target = reg.url("team/disk:1")
+            error = refused(vmdisk(host_a, "image", "push", image_id, target,
+                                   "--insecure-registry", reg.address), 1)  # fmt: skip
+            assert error["reason"] == "auth-failed" and "anonymously" in error["message"]
+
+            creds = {"VMDISK_OCI__CREDENTIALS": f"{reg.address}=bob:hunter2"}
+            proc = vmdisk(host_a, "image", "push", image_id, target, "--insecure-registry",
+                          reg.address, env=creds)  # fmt: skip
+            digest = ok(proc)["digest"]
+            scopes = {q.get("scope") for q in tokens.requests}
+            assert "repository:team/disk:pull,push" in scopes
+            assert {q.get("service") for q in tokens.requests} == {"vmdisk-test-registry"}
+
+            fetched = ok(vmdisk(tmp_path / "b", "image", "fetch", target, "--insecure-registry",
+                                reg.address, env=creds))  # fmt: skip
+            assert fetched["image_id"] == digest
+            assert "repository:team/disk:pull" in {q.get("scope") for q in tokens.requests}
+
+            wrong = {"VMDISK_OCI__CREDENTIALS": f"{reg.address}=bob:nope"}
+            error = refused(vmdisk(tmp_path / "c", "image", "fetch", target,
+                                   "--insecure-registry", reg.address, env=wrong), 1)  # fmt: skip
+            assert error["reason"] == "auth-failed" and "as bob" in error["message"]
+    finally:
+        tokens.close()

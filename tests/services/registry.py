@@ -1,18 +1,29 @@
 """A real OCI registry for the tests: Debian's `docker-registry` (the CNCF distribution server).
 
 Each registry gets its own config, a filesystem storage directory and a free port on 127.0.0.1,
-optionally htpasswd auth (bcrypt, made with apache2-utils' `htpasswd -B`). It is stopped by the
-pid we started, never by name.
+optionally htpasswd auth (bcrypt, made with apache2-utils' `htpasswd -B`) or token auth. It is
+stopped by the pid we started, never by name.
+
+Token auth needs a token service, which Debian does not package: `TokenService` is a minimal
+one written for the tests (basic credentials in, an RS256 JWT with an x5c header out, as the
+distribution token spec says). The registry's checks of those tokens — signature against
+`rootcertbundle`, issuer, audience, expiry, granted actions — are the real server's.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
+import http.server
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +47,14 @@ http:
   addr: 127.0.0.1:{port}
   secret: vmdisk-test-only
 {auth}"""
+
+TOKEN_AUTH = """auth:
+  token:
+    realm: {realm}
+    service: vmdisk-test-registry
+    issuer: vmdisk-test-issuer
+    rootcertbundle: {cert}
+"""
 
 AUTH = """auth:
   htpasswd:
@@ -71,9 +90,94 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class TokenService:
+    """Issues registry tokens for one user; counts what it was asked (tests assert on it)."""
+
+    def __init__(self, workdir: Path, username: str, password: str) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmdisk-test-token")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(self.key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(self.key, hashes.SHA256())
+        )  # fmt: skip
+        self.cert_pem = workdir / "token-cert.pem"
+        self.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        self.expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.username = username
+        self.requests: list[dict[str, str]] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                outer.requests.append(query)
+                if self.headers.get("Authorization") != outer.expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": outer.token(query.get("scope", ""))}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+    def token(self, scope: str) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        access = []
+        if scope.count(":") == 2:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {
+            "iss": "vmdisk-test-issuer", "sub": self.username, "aud": "vmdisk-test-registry",
+            "exp": now + 300, "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(),
+            "access": access,
+        }  # fmt: skip
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        signing = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+        signature = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing}.{_b64(signature)}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 @contextmanager
 def running(
-    workdir: Path, *, username: str | None = None, password: str | None = None
+    workdir: Path,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tokens: TokenService | None = None,
 ) -> Iterator[Registry]:
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
@@ -86,6 +190,8 @@ def running(
             check=True, capture_output=True,
         )  # fmt: skip
         auth = AUTH.format(htpasswd=htpasswd)
+    if tokens is not None:
+        auth = TOKEN_AUTH.format(realm=tokens.realm, cert=tokens.cert_pem)
     port = _free_port()
     config = workdir / "config.yml"
     config.write_text(CONFIG.format(storage=storage, port=port, auth=auth))
