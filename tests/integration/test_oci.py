@@ -196,6 +196,12 @@ def test_round_trip_is_byte_identical_and_readable_by_skopeo_and_tar(
     by_digest = ok(pull(host_b, registry.url(f"vm/roundtrip@{digest}"), registry))
     assert by_digest["cached"] and by_digest["base"] == fetched["base"]
 
+    # An instance from the registry: its root disk's backing file is that base.
+    created = ok(vmdisk(host_b, "create", "web", "--image", target, "--flavor", "m1.tiny",
+                        "--insecure-registry", registry.address))  # fmt: skip
+    root = Path(created["path"]) / "disk"
+    assert qemu_info(root, "qcow2")["backing-filename"] == fetched["base"]
+
 
 def test_tampered_blob_is_refused_by_digest(registry: Registry, tmp_path: Path) -> None:
     host_a, image_id = cached_base(tmp_path, "a", os.urandom(2 * MiB))
