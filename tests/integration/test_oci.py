@@ -9,14 +9,17 @@ so the refusals are tested against layouts our own pusher would never make.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +296,15 @@ def test_hostile_disk_is_refused_by_the_intake(registry: Registry, tmp_path: Pat
     assert error["reason"] == "backing-file"
 
 
+def test_other_disk_formats_are_refused(registry: Registry, tmp_path: Path) -> None:
+    """The intake would take a vmdk; KubeVirt would not, so a containerDisk may not hold one."""
+    vmdk = tmp_path / "d.vmdk"
+    run("qemu-img", "create", "-f", "vmdk", vmdk, "1M")
+    put_image(registry, "vm/vmdk", "t", [{"disk/d.vmdk": vmdk.read_bytes()}])
+    error = refused(pull(tmp_path / "h", registry.url("vm/vmdk:t"), registry), 4)
+    assert error["reason"] == "format-mismatch" and "qcow2 or raw" in error["message"]
+
+
 def test_multi_arch_index_picks_the_platform(registry: Registry, tmp_path: Path) -> None:
     amd = os.urandom(MiB)
     arm = os.urandom(MiB)
@@ -411,3 +423,60 @@ def test_bearer_token_flow(tmp_path: Path) -> None:
             assert error["reason"] == "auth-failed" and "as bob" in error["message"]
     finally:
         tokens.close()
+
+
+class CuttingProxy:
+    """A TCP forwarder to the registry that cuts the first connection after `after` bytes of
+    answer: a download dropped in the middle of the layer."""
+
+    def __init__(self, port: int, after: int) -> None:
+        self.port, self.after, self.cuts = port, after, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, answer: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if answer and self.cuts == 0 and sent + len(data) > self.after:
+                    self.cuts += 1
+                    dst.sendall(data[: self.after - sent])
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the other pump; close() alone would not
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_cut_download_resumes(registry: Registry, tmp_path: Path) -> None:
+    disk = os.urandom(4 * MiB)
+    digest = put_image(registry, "vm/cut", "t", [{"disk/d.img": disk}], level=0)
+    # Past the first MiB read of the layer, so the intake has bytes and resumes.
+    proxy = CuttingProxy(int(registry.address.split(":")[1]), after=5 * MiB // 2)
+    try:
+        ref = f"oci://{proxy.address}/vm/cut:t"
+        proc = vmdisk(tmp_path / "h", "image", "fetch", ref, "--insecure-registry", proxy.address)
+        fetched = ok(proc)
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert fetched["image_id"] == digest
+    assert sha256(Path(fetched["base"])) == hashlib.sha256(disk).hexdigest()

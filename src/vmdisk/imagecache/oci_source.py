@@ -315,6 +315,23 @@ def tar_entries(stream: _Bytes) -> Iterator[TarEntry]:
         yield TarEntry(name, kind, size)
 
 
+_OTHER_DISKS = ((b"KDMV", "vmdk"), (b"vhdxfile", "vhdx"), (b"conectix", "vpc"))
+
+
+def _check_disk_format(head: bytes, display: str) -> None:
+    """KubeVirt boots qcow2 or raw from a containerDisk; other formats are refused here.
+
+    Everything else (qcow2 details, hostile headers, raw that looks like something) is the
+    intake's, which sees these same bytes.
+    """
+    for magic, name in _OTHER_DISKS:
+        if head.startswith(magic):
+            raise UnsafeImage(
+                f"{display}: the disk is {name}; a containerDisk holds qcow2 or raw",
+                reason="format-mismatch",
+            )
+
+
 def _normal(name: str) -> str:
     return posixpath.normpath("/" + name).lstrip("/")
 
@@ -364,8 +381,11 @@ class _DiskWalk:
         )
 
     def stream(self, disk: TarEntry, offset: int) -> Iterator[bytes]:
-        pos = 0
+        pos, head = 0, b""
         for chunk in self.stream_.take(disk.size):
+            if len(head) < 16:
+                head += chunk[:16]
+                _check_disk_format(head, self.source.display)
             end = pos + len(chunk)
             if end > offset:
                 yield chunk if pos >= offset else chunk[offset - pos :]
