@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from vmdisk.errors import InvalidRequest, SettingsError, UnsafeImage
-from vmdisk.imagecache.oci import (
+from vmdisk.imagecache.oci import Reference, is_loopback
+from vmdisk.imagecache.oci_auth import (
     Credentials,
-    Reference,
-    RegistryClient,
-    is_loopback,
     load_credentials,
     parse_challenge,
     parse_credentials,
 )
+from vmdisk.imagecache.oci_client import RegistryClient
 from vmdisk.imagecache.oci_push import _tar_header, build_layer
 from vmdisk.imagecache.oci_source import _Bytes, _gunzip, tar_entries
 

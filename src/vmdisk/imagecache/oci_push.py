@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from vmdisk.errors import InvalidRequest
-from vmdisk.imagecache.oci import OCI_CONFIG, OCI_MANIFEST, Reference, RegistryClient, sha256_digest
+from vmdisk.imagecache.oci import OCI_CONFIG, OCI_MANIFEST, Reference, sha256_digest
+from vmdisk.imagecache.oci_client import RegistryClient
 from vmdisk.imagecache.records import BaseRecord
 from vmdisk.tools.runner import Runner
 

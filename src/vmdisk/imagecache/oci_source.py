@@ -25,19 +25,9 @@ from vmdisk.errors import (
     RegistryError,
     UnsafeImage,
 )
-from vmdisk.imagecache.oci import (
-    INDEXES,
-    MANIFESTS,
-    BlobReader,
-    Reference,
-    RegistryClient,
-    check_descriptor,
-    client_for,
-    env_auth_file,
-    host_platform,
-    load_credentials,
-    parse_credentials,
-)
+from vmdisk.imagecache.oci import INDEXES, MANIFESTS, Reference, check_descriptor, host_platform
+from vmdisk.imagecache.oci_auth import env_auth_file, load_credentials, parse_credentials
+from vmdisk.imagecache.oci_client import BlobReader, RegistryClient, client_for
 from vmdisk.imagecache.sources import CHUNK, Opened, SourceFacts
 from vmdisk.settings import OciSettings
 
