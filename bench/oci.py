@@ -53,7 +53,7 @@ def oci_pull(work: Path, raw: Path, repeat: int, metric: MetricFn) -> Metric:
         start = time.perf_counter()
         pushed = push_base(
             client, a.runner, ref, cached.path, cached.record,
-            work_dir=a.settings.instances_path, platform="linux/amd64",
+            platform="linux/amd64",
         )  # fmt: skip
         push_s = time.perf_counter() - start
         pinned = ref.pinned(pushed.digest)

@@ -162,6 +162,7 @@ def test_round_trip_is_byte_identical_and_readable_by_skopeo_and_tar(
     again = push(host_a, image_id, target, registry)  # idempotent: nothing re-uploaded
     assert again["digest"] == digest
     assert again["uploaded"] == [] and len(again["skipped"]) == 2
+    assert [n for n in base_dir_files(host_a) if ".part-" in n] == []  # temporaries removed
 
     # An independent reader: skopeo sees one gzip layer and our annotations.
     docker_ref = f"docker://{registry.address}/vm/roundtrip:v1"

@@ -113,7 +113,6 @@ def push(ctx: click.Context, image: str, target: str) -> None:
             ref,
             cached.path,
             cached.record,
-            work_dir=settings.instances_path,
             platform=settings.oci.platform or host_platform(),
         )
 

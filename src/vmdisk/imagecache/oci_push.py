@@ -13,15 +13,14 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmdisk.errors import InvalidRequest
+from vmdisk.fsutil import temp_name
 from vmdisk.imagecache.oci import OCI_CONFIG, OCI_MANIFEST, Reference, sha256_digest
 from vmdisk.imagecache.oci_client import RegistryClient
 from vmdisk.imagecache.records import BaseRecord
@@ -163,7 +162,6 @@ def push_base(
     base: Path,
     record: BaseRecord,
     *,
-    work_dir: Path,
     platform: str,
 ) -> PushResult:
     """Compress, pack, upload what is missing, then tag the manifest. Temporaries removed."""
@@ -172,11 +170,12 @@ def push_base(
             f"push needs a tag and no digest: oci://REGISTRY/REPO:TAG, not {ref}",
             reason="bad-source",
         )
-    tmp = Path(tempfile.mkdtemp(prefix=".oci-push-", dir=work_dir))
+    # Temporaries beside the base, named as the cache names them: a killed push leaves only
+    # `*.part-*` files, which the pruner removes after an hour like any dead fetch's.
+    qcow2, packed = temp_name(base), temp_name(base)
     try:
-        qcow2 = tmp / "disk.qcow2"
         compress_qcow2(runner, base, record.format, qcow2)
-        layer, diff_id = build_layer(qcow2, tmp / "layer.tar.gz")
+        layer, diff_id = build_layer(qcow2, packed)
         qcow2.unlink()
         config = _config(diff_id, platform)
         body = manifest(config, layer, annotations_for(record))
@@ -189,7 +188,8 @@ def push_base(
             uploaded.append(blob.digest)
         digest = client.put_manifest(ref.repository, ref.tag, body, OCI_MANIFEST)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for path in (qcow2, packed):
+            path.unlink(missing_ok=True)
     return PushResult(str(ref), digest, tuple(uploaded), tuple(skipped))
 
 
