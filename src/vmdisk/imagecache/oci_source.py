@@ -42,9 +42,8 @@ MAX_CONFIG = 4 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Selected:
-    digest: str
+    digest: str  # of the image manifest itself (for an index, of the platform's entry)
     manifest: dict[str, Any]
-    index_digest: str | None
 
 
 def refuse_layout(message: str) -> UnsafeImage:
@@ -87,9 +86,7 @@ class OciSource:
                 hint="the tag was moved; pull by digest, or drop the @sha256: pin to accept it",
             )
         data = _json(body, "manifest")
-        index_digest = None
         if media in INDEXES:
-            index_digest = digest
             chosen = self._platform_entry(data)
             body, media, digest = self.client.manifest(repo, chosen)
             data = _json(body, "manifest")
@@ -99,7 +96,7 @@ class OciSource:
                 "OCI or Docker schema 2 images",
                 reason="not-supported",
             )
-        return Selected(digest, data, index_digest)
+        return Selected(digest, data)
 
     def _platform_entry(self, index: dict[str, Any]) -> str:
         wanted = self.platform.split("/")
@@ -145,16 +142,14 @@ class OciSource:
 
     def layer_chunks(self, digest: str, size: int, media: str) -> Iterator[bytes]:
         """The layer's tar bytes: verified by digest, gunzipped if it is gzip."""
+        if media not in TAR_LAYERS + GZIP_LAYERS:
+            raise NotSupported(
+                f"{self.display}: layer media type {media!r} is not supported (tar or tar+gzip)",
+                reason="not-supported",
+            )
         what = f"layer {digest}"
         blob = iter(BlobReader(self.client.blob(self.ref.repository, digest), digest, size, what))
-        if media in TAR_LAYERS:
-            return blob
-        if media in GZIP_LAYERS:
-            return _gunzip(blob, what)
-        raise NotSupported(
-            f"{self.display}: layer media type {media!r} is not supported (tar or tar+gzip)",
-            reason="not-supported",
-        )
+        return _gunzip(blob, what) if media in GZIP_LAYERS else blob
 
 
 def _json(body: bytes, what: str) -> dict[str, Any]:
