@@ -190,3 +190,22 @@ def test_pushed_layer_is_deterministic_and_readable(tmp_path: Path) -> None:
         extracted = tar.extractfile(members[1])
         assert extracted is not None and extracted.read() == disk.read_bytes()
     assert len(_tar_header("disk/", 0, True)) == 512
+
+
+def test_oci_settings_from_toml_and_environment(tmp_path: Path) -> None:
+    from vmdisk.settings import load_settings
+
+    config = tmp_path / "vmdisk.toml"
+    config.write_text(
+        '[oci]\ninsecure_registries = ["127.0.0.1:5000"]\nplatform = "linux/arm64"\n'
+        'credentials = ["r.io=u:p"]\n'
+    )
+    env = {"VMDISK_OCI__AUTH_FILE": "/etc/vmdisk/docker.json"}
+    settings = load_settings(config, env, {"instances_path": str(tmp_path)})
+    assert settings.oci.insecure_registries == ("127.0.0.1:5000",)
+    assert settings.oci.platform == "linux/arm64"
+    assert parse_credentials(settings.oci.credentials) == {"r.io": Credentials("u", "p")}
+    assert settings.oci.auth_file == "/etc/vmdisk/docker.json"
+    config.write_text("[oci]\ninsecure_registry = []\n")
+    with pytest.raises(SettingsError, match="insecure_registries"):
+        load_settings(config, {}, {"instances_path": str(tmp_path)})
