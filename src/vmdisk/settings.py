@@ -185,6 +185,7 @@ class OciSettings:
     credentials: tuple[str, ...] = _kind("strlist", ())  # "REGISTRY=USER:PASSWORD"
     auth_file: str = _kind("str", "")  # default $DOCKER_CONFIG/config.json, ~/.docker/config.json
     platform: str = _kind("str", "")  # default the host's, e.g. linux/amd64
+    cafile: str | None = _kind("str?", None)  # CA bundle for registries with a private CA
 
 
 @dataclass(frozen=True, slots=True)

@@ -481,3 +481,19 @@ def test_a_cut_download_resumes(registry: Registry, tmp_path: Path) -> None:
     assert proxy.cuts == 1
     assert fetched["image_id"] == digest
     assert sha256(Path(fetched["base"])) == hashlib.sha256(disk).hexdigest()
+
+
+def test_tls_is_verified_and_a_private_ca_can_be_named(tmp_path: Path) -> None:
+    workdir = tmp_path / "reg"
+    workdir.mkdir()
+    tls = registry_service.self_signed_cert(workdir)
+    with registry_service.running(workdir, tls=tls) as reg:
+        host_a, image_id = cached_base(tmp_path, "a", os.urandom(MiB))
+        target = reg.url("tls/disk:1")
+        error = refused(vmdisk(host_a, "image", "push", image_id, target), 1)
+        assert (error["type"], error["reason"]) == ("RegistryError", "tls-failed")
+        assert "TLS verification failed for 127.0.0.1" in error["message"]
+        ca = {"VMDISK_OCI__CAFILE": str(tls[0])}
+        digest = ok(vmdisk(host_a, "image", "push", image_id, target, env=ca))["digest"]
+        fetched = ok(vmdisk(tmp_path / "b", "image", "fetch", target, env=ca))
+        assert fetched["image_id"] == digest

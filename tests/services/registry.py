@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import datetime
 import http.server
+import ipaddress
 import json
 import os
 import shutil
@@ -46,7 +47,12 @@ storage:
 http:
   addr: 127.0.0.1:{port}
   secret: vmdisk-test-only
-{auth}"""
+{tls}{auth}"""
+
+TLS = """  tls:
+    certificate: {cert}
+    key: {key}
+"""
 
 TOKEN_AUTH = """auth:
   token:
@@ -167,6 +173,38 @@ class TokenService:
         self.server.server_close()
 
 
+def self_signed_cert(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (IP SAN) and its key: the registry's own private CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(san, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = workdir / "tls-cert.pem", workdir / "tls-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -178,6 +216,7 @@ def running(
     username: str | None = None,
     password: str | None = None,
     tokens: TokenService | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[Registry]:
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
@@ -194,14 +233,15 @@ def running(
         auth = TOKEN_AUTH.format(realm=tokens.realm, cert=tokens.cert_pem)
     port = _free_port()
     config = workdir / "config.yml"
-    config.write_text(CONFIG.format(storage=storage, port=port, auth=auth))
+    tls_conf = TLS.format(cert=tls[0], key=tls[1]) if tls else ""
+    config.write_text(CONFIG.format(storage=storage, port=port, auth=auth, tls=tls_conf))
     log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     try:
-        _wait_up(port, proc, workdir)
+        _wait_up(f"{'https' if tls else 'http'}://127.0.0.1:{port}/v2/", proc, workdir, tls)
         yield Registry(f"127.0.0.1:{port}", storage, proc.pid, username, password)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
@@ -213,14 +253,16 @@ def running(
         log.close()
 
 
-def _wait_up(port: int, proc: subprocess.Popen[bytes], workdir: Path) -> None:
+def _wait_up(
+    url: str, proc: subprocess.Popen[bytes], workdir: Path, tls: tuple[Path, Path] | None
+) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = (workdir / "registry.log").read_text()[-2000:]
             raise RuntimeError(f"docker-registry exited {proc.returncode}: {tail}")
         try:
-            requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            requests.get(url, timeout=1, verify=str(tls[0]) if tls else True)
             return
         except requests.RequestException:
             time.sleep(0.05)

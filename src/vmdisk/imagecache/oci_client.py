@@ -50,6 +50,7 @@ class RegistryClient:
         insecure: bool = False,
         connect_timeout: float = 10.0,
         stall_timeout: float = 30.0,
+        ca_file: str | None = None,
     ) -> None:
         if insecure and not is_loopback(registry):
             raise InvalidRequest(
@@ -63,6 +64,7 @@ class RegistryClient:
         self.timeout = (connect_timeout, stall_timeout)
         self.session = requests.Session()
         self.session.trust_env = False
+        self.session.verify = ca_file or True  # a private CA's bundle, else the system's
         self.session.headers["User-Agent"] = f"vmdisk/{__version__}"
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
 
@@ -112,7 +114,7 @@ class RegistryClient:
             try:
                 response = self.session.request(
                     method, url, headers=sent, stream=stream, data=data,
-                    allow_redirects=False, timeout=self.timeout, verify=True,
+                    allow_redirects=False, timeout=self.timeout,
                 )  # fmt: skip
             except requests.exceptions.SSLError as exc:
                 raise RegistryError(
@@ -379,6 +381,7 @@ def client_for(
     credentials: Mapping[str, Credentials],
     connect_timeout: float = 10.0,
     stall_timeout: float = 30.0,
+    ca_file: str | None = None,
 ) -> RegistryClient:
     insecure = registry in {r.lower() for r in insecure_registries}
     return RegistryClient(
@@ -387,4 +390,5 @@ def client_for(
         insecure=insecure,
         connect_timeout=connect_timeout,
         stall_timeout=stall_timeout,
+        ca_file=ca_file,
     )

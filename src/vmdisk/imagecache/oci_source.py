@@ -411,4 +411,5 @@ def registry_client(
         credentials=creds,
         connect_timeout=connect_timeout,
         stall_timeout=stall_timeout,
+        ca_file=settings.cafile,
     )
