@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios
+from bench import oci, scenarios
 from bench.fixtures import Inputs, make_inputs
 
 Metric = dict[str, Any]
@@ -116,6 +116,7 @@ def run(quick: bool) -> dict[str, Any]:
             ("P8", lambda: scenarios.p8_fetch_rss(work, inputs, metric)),
             ("P9", lambda: scenarios.p9_prune_planning(work, 2000 if quick else 10000, metric)),
             ("full_instance", lambda: scenarios.full_instance(work, inputs, repeat, metric)),
+            ("oci_pull", lambda: oci.oci_pull(work, inputs.raw, max(3, repeat // 3), metric)),
         ]
         for key, step in steps:
             print(f"bench: {key}...", file=sys.stderr, flush=True)

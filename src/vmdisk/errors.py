@@ -15,6 +15,7 @@ VmdiskError                      exit 1; message, optional hint and machine-read
       UnsafeImage                backing file, data file, flat extent, mismatch, corrupt...
       ChecksumMismatch
       ImageTooLarge              virtual size over --max-size or absurd
+    RegistryError                an OCI registry refused or failed a request (auth, TLS, push)
   BackendError
     InsufficientSpace            the filesystem (or Ceph pool) cannot hold what we write
     DiskMissing                  an instance disk or its base is gone
@@ -211,3 +212,7 @@ class CacheEntryConflict(ImageRefused):
 class ImageInUse(ImageError):
     """An image (or an instance disk) is used by instances or open by a running VM; the
     operation would change what they read. Reason "in-use"."""
+
+
+class RegistryError(ImageError):
+    """An OCI registry refused or failed a request: auth, TLS, an unexpected answer."""

@@ -210,6 +210,17 @@ class GlanceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OciSettings:
+    """OCI registries: plain-http loopback registries, credentials, the platform to pull."""
+
+    insecure_registries: tuple[str, ...] = _kind("strlist", ())
+    credentials: tuple[str, ...] = _kind("strlist", ())  # "REGISTRY=USER:PASSWORD"
+    auth_file: str = _kind("str", "")  # default $DOCKER_CONFIG/config.json, ~/.docker/config.json
+    platform: str = _kind("str", "")  # default the host's, e.g. linux/amd64
+    cafile: str | None = _kind("str?", None)  # CA bundle for registries with a private CA
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     instances_path: Path = _kind("path", Path("/var/lib/vmdisk/instances"))
     use_cow_images: bool = _kind("bool", True)
@@ -228,6 +239,7 @@ class Settings:
     image_cache: ImageCacheSettings = field(default_factory=ImageCacheSettings)
     libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
     glance: GlanceSettings = field(default_factory=GlanceSettings)
+    oci: OciSettings = field(default_factory=OciSettings)
     flavors: Mapping[str, Flavor] = field(default_factory=lambda: dict(BUILTIN_FLAVORS))
     config_file: Path | None = None
 
@@ -251,6 +263,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "image_cache": ImageCacheSettings,
     "libvirt": LibvirtSettings,
     "glance": GlanceSettings,
+    "oci": OciSettings,
 }
 
 
@@ -300,7 +313,7 @@ def load_settings(
         raw,
         where,
         "",
-        skip=("image_cache", "libvirt", "glance", "flavors", "config_file"),
+        skip=("image_cache", "libvirt", "glance", "oci", "flavors", "config_file"),
     )
     settings: Settings = dataclasses.replace(top, flavors=flavors, config_file=path, **sections)
     _validate(settings, where)

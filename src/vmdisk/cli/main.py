@@ -58,7 +58,7 @@ def cli(
 
 
 def _register() -> None:
-    from vmdisk.cli import boot, images, instances
+    from vmdisk.cli import boot, images, instances, oci
 
     images.register(cli)
     instances.register(cli)
@@ -66,6 +66,7 @@ def _register() -> None:
     from vmdisk.cli import doctor
 
     doctor.register(cli)
+    oci.register(cli)  # after the others: it adds flags to their pulling commands
 
 
 def _report(error: dict[str, Any], json_mode: bool, hint: str | None = None) -> None:

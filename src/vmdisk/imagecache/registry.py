@@ -17,13 +17,14 @@ from vmdisk.imagecache.http import HttpClient, HttpOptions
 from vmdisk.imagecache.mirrors import MirroredSource, mirror_for
 from vmdisk.imagecache.names import ImageNames
 from vmdisk.imagecache.netguard import AddressClass, Resolver, classify, system_resolver
+from vmdisk.imagecache.oci import SCHEME as OCI_SCHEME
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.request import ImageRequest, ResolvedImage
 from vmdisk.imagecache.simplestreams import SCHEME as SS_SCHEME
 from vmdisk.imagecache.simplestreams import SimpleStreamsSource, Verifier
 from vmdisk.imagecache.snapshot import SNAPSHOT_SCHEME, SnapshotLabel
 from vmdisk.imagecache.sources import ImageSource, open_source
-from vmdisk.settings import GlanceSettings, ImageCacheSettings, Settings
+from vmdisk.settings import GlanceSettings, ImageCacheSettings, OciSettings, Settings
 from vmdisk.tools.runner import Runner, SubprocessRunner
 
 
@@ -41,8 +42,10 @@ class SourceRegistry:
         options: HttpOptions | None = None,
         resolve: Resolver = system_resolver,
         classify_address: Callable[[str], AddressClass] = classify,
+        oci: OciSettings | None = None,
     ) -> None:
         self.glance_settings = glance or GlanceSettings()
+        self.oci_settings = oci or OciSettings()
         self.options = options or HttpOptions()
         self.resolver = resolve
         self.classify_address = classify_address
@@ -54,7 +57,7 @@ class SourceRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourceRegistry:
-        return cls(settings.glance, options=http_options(settings.image_cache))
+        return cls(settings.glance, options=http_options(settings.image_cache), oci=settings.oci)
 
     def glance(self) -> Glance:
         g = self.glance_settings
@@ -66,6 +69,15 @@ class SourceRegistry:
         """Turn what the user typed into a source; refuse schemes we never read."""
         if text.startswith(GLANCE_SCHEME):
             return GlanceSource(self.glance(), image_id_of(text))
+        if text.startswith(OCI_SCHEME):
+            from vmdisk.imagecache.oci_source import open_oci  # only oci:// users pay for it
+
+            return open_oci(
+                text,
+                self.oci_settings,
+                connect_timeout=self.options.connect_timeout,
+                stall_timeout=self.options.stall_timeout,
+            )
         return open_source(
             text,
             options=self.options,
