@@ -54,7 +54,10 @@ def boot(
     rescue: bool | None,
     uri: str,
 ) -> None:
-    """Boot the instance (TCG unless KVM works) and follow its console."""
+    """Smoke-test the instance: boot it (TCG unless KVM works), follow its console, stop it.
+
+    Exits 1 on --timeout, or when --wait-for was given and never showed. A guest still running
+    at the end gets the ACPI power button, and is killed only if it does not power off."""
     if initrd is not None and kernel is None:
         raise click.UsageError("--initrd needs --kernel")
     a = app(ctx)
@@ -71,10 +74,13 @@ def boot(
     )
     stream = None if a.output.json_mode else _to_terminal
     result = a.host.boot(ref, options, stream)
+    if not a.output.json_mode:
+        sys.stdout.write("\n")
+    result.check(wait_for)  # a timeout, or --wait-for never seen, exits 1
 
     def human(out: Console) -> None:
         out.print(
-            f"\n[bold]{ref}[/]: {result.reason} after {result.duration:.1f} s (via {result.via})"
+            f"[bold]{ref}[/]: {result.reason} after {result.duration:.1f} s (via {result.via})"
         )
 
     a.output.emit(result.to_dict(), human)

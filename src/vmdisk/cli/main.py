@@ -58,11 +58,12 @@ def cli(
 
 
 def _register() -> None:
-    from vmdisk.cli import boot, images, instances
+    from vmdisk.cli import boot, images, instances, vm
 
     images.register(cli)
     instances.register(cli)
     boot.register(cli)
+    vm.register(cli)
 
 
 def _report(error: dict[str, Any], json_mode: bool, hint: str | None = None) -> None:
