@@ -111,14 +111,10 @@ class Guests:
             return VmStatus(name, VmState.STOPPED, detail="never started")
         if info.via == "libvirt":
             state, detail = self._libvirt(inst, info).state()
-            return VmStatus(name, state, "libvirt", detail=detail, ssh=self._shown(inst, info))
+            return VmStatus(name, state, "libvirt", detail=detail)
         state, pid, detail = self._qemu(inst).state(info)
-        return VmStatus(name, state, "qemu", pid, self._shown(inst, info), detail)
-
-    def _shown(self, inst: Instance, info: RuntimeInfo) -> str | None:
-        if info.ssh_port is not None:
-            return f"127.0.0.1:{info.ssh_port}"
-        return None
+        port = info.ssh_port if state.active else None
+        return VmStatus(name, state, "qemu", pid, f"127.0.0.1:{port}" if port else None, detail)
 
     def refuse_running(self, inst: Instance, doing: str) -> None:
         status = self.status(inst)
