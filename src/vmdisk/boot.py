@@ -248,7 +248,13 @@ def stop_gracefully(
 
 
 def boot_qemu(
-    runner: Runner, domain: Domain, *, timeout: float, wait_for: str | None, stream: Stream | None
+    runner: Runner,
+    domain: Domain,
+    *,
+    timeout: float,
+    wait_for: str | None,
+    stream: Stream | None,
+    grace: float = STOP_GRACE,
 ) -> BootResult:
     follower = ConsoleFollower(domain.console_log, stream)
     # A short private directory: unix socket paths are limited to 108 bytes.
@@ -266,7 +272,7 @@ def boot_qemu(
                 qmp.execute("system_powerdown")
 
         def stop() -> None:
-            stop_gracefully(powerdown, running, proc.stop)
+            stop_gracefully(powerdown, running, proc.stop, grace)
 
         result = watch(follower, running, stop, timeout=timeout, wait_for=wait_for, via="qemu")
         if result.reason == "poweroff" and proc.wait() != 0:
@@ -295,6 +301,7 @@ def boot_libvirt(
     wait_for: str | None,
     keep: bool,
     stream: Stream | None,
+    grace: float = STOP_GRACE,
 ) -> BootResult:
     virsh = Virsh(runner, uri)
     follower = ConsoleFollower(domain.console_log, stream)
@@ -313,6 +320,7 @@ def boot_libvirt(
                 lambda: virsh("shutdown", domain.name),
                 running,
                 lambda: virsh("destroy", domain.name, check=False),
+                grace,
             )
 
         return watch(follower, running, stop, timeout=timeout, wait_for=wait_for, via="libvirt")

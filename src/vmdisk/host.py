@@ -13,7 +13,7 @@ import platformdirs
 
 from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
-from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
+from vmdisk.boot import STOP_GRACE, BootResult, Stream, boot_libvirt, boot_qemu
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
 from vmdisk.imagecache.cleaner import CleanupPlan, CleanupPolicy, CleanupResult
 from vmdisk.imagecache.intake import Intake
@@ -154,10 +154,11 @@ class Host:
         return self.store.find(ref)
 
     def delete_instance(self, ref: str, *, force: bool = False) -> Instance:
-        """Refuses a running instance; `force` stops it first (power button, then plug)."""
+        """Refuses a running instance; `force` destroys its guest first (its disks are about to
+        go, so there is nothing to flush)."""
         inst = self.store.find(ref)
         if force and self.guests.status(inst).state.active:
-            self.guests.stop(inst)
+            self.guests.stop(inst, force=True)
         self.guests.refuse_running(inst, "delete it")
         self.guests.forget(inst)
         with self.provisioner.backend(inst.record.backend) as backend:
@@ -212,7 +213,15 @@ class Host:
             inst, self.host_facts(), rescue=rescuing, kernel=kernel, initrd=initrd, cmdline=cmdline
         )
 
-    def boot(self, ref: str, options: BootOptions, stream: Stream | None = None) -> BootResult:
+    def boot(
+        self,
+        ref: str,
+        options: BootOptions,
+        stream: Stream | None = None,
+        *,
+        grace: float = STOP_GRACE,
+    ) -> BootResult:
+        """The smoke test; a guest still running at the end gets `grace` s to power off."""
         inst = self.store.find(ref)
         self.guests.refuse_running(inst, "boot it")
         self._check_disks(inst)
@@ -232,9 +241,15 @@ class Host:
                 wait_for=options.wait_for,
                 keep=options.keep,
                 stream=stream,
+                grace=grace,
             )
         return boot_qemu(
-            self.runner, domain, timeout=options.timeout, wait_for=options.wait_for, stream=stream
+            self.runner,
+            domain,
+            timeout=options.timeout,
+            wait_for=options.wait_for,
+            stream=stream,
+            grace=grace,
         )
 
     # ------------------------------------------------ running guests (issue 18): one block
