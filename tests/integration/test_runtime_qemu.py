@@ -131,8 +131,9 @@ def test_delete_force_stops_first(host_with_vm: Host) -> None:
     path = host.instance("bare").path
     host.start("bare", via="qemu")
     pid = host.status("bare").pid
+    sockets = host.guests._qemu(host.instance("bare")).sockets(None)
     host.delete_instance("bare", force=True)
-    assert not path.exists()
+    assert not path.exists() and not sockets.exists()
     assert pid is not None and not pid_alive(pid, path.name)
 
 

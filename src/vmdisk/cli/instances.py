@@ -115,7 +115,8 @@ def create(
         a.output.emit({"dry_run": True, **plan.to_dict()}, lambda out: _print_plan(out, plan))
         return
     inst = a.host.create_instance(built.spec, built.image, built.boot_files)
-    a.host.remember_ssh(inst.record.uuid, ssh_user, [Path(k) for k in flags["ssh_key"]])
+    if ssh_user or flags["ssh_key"]:
+        a.host.remember_ssh(inst.record.uuid, ssh_user, [Path(k) for k in flags["ssh_key"]])
     data = a.host.describe(inst)
     if built.generated_password is not None:
         data["admin_pass"] = built.generated_password  # shown once, like Nova's API; never logged

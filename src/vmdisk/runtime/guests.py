@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from vmdisk.libvirt.virsh import Virsh, libvirt_answers
 from vmdisk.netspec import Interface, InterfaceKind
 from vmdisk.runtime import ssh
 from vmdisk.runtime.qemu import QemuGuest
-from vmdisk.runtime.state import RuntimeInfo, VmState, VmStatus
+from vmdisk.runtime.state import RuntimeInfo, VmState, VmStatus, runtime_dir
 from vmdisk.tools.runner import Runner
 
 VIAS = ("libvirt", "qemu")
@@ -190,10 +191,12 @@ class Guests:
         return StopResult(inst.record.name, via, graceful, destroyed, time.monotonic() - begin, was)
 
     def forget(self, inst: Instance) -> None:
-        """Before delete: a libvirt domain vmdisk defined goes with the instance."""
+        """Before delete: a libvirt domain vmdisk defined goes with the instance, and so does
+        a socket directory outside it."""
         info = RuntimeInfo.load(inst.path)
         if info is not None and info.via == "libvirt":
             self._libvirt(inst, info).undefine()
+        shutil.rmtree(runtime_dir() / inst.record.uuid, ignore_errors=True)
 
     # ------------------------------------------------------------------ reaching the guest
 
