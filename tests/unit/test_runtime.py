@@ -204,3 +204,56 @@ def test_boot_verdicts() -> None:
 def test_domain_replace_keeps_the_nic_checked() -> None:
     domain = dataclasses.replace(_domain(None), nic=NicDevice("user", "52:54:00:00:00:01"))
     assert domain.nic is not None and domain.nic.mac == "52:54:00:00:00:01"
+
+
+def test_console_attach_relays_until_ctrl_bracket(tmp_path: Path) -> None:
+    """A unix-socket server stands in for qemu's console chardev (same protocol: bytes)."""
+    import socket
+    import threading
+
+    from vmdisk.runtime.console import attach
+
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    got = bytearray()
+
+    def guest() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"debian login: ")
+            got.extend(conn.recv(100))
+
+    thread = threading.Thread(target=guest)
+    thread.start()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(in_w, b"root\r")
+    attach(path, stdin=in_r, stdout=out_w)  # returns when the guest side closes
+    thread.join(5)
+    assert os.read(out_r, 100) == b"debian login: "
+    assert bytes(got) == b"root\r"
+    # A guest that keeps the console open: Ctrl-] leaves, and is not sent.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as quiet_guest:
+        quiet = tmp_path / "quiet.sock"
+        quiet_guest.bind(str(quiet))
+        quiet_guest.listen(1)
+        os.write(in_w, b"\x1d")
+        attach(quiet, stdin=in_r, stdout=out_w)
+        conn, _ = quiet_guest.accept()
+        with conn:
+            assert conn.recv(10) == b""  # closed, and nothing was sent
+    server.close()
+    for fd in (in_r, in_w, out_r, out_w):
+        os.close(fd)
+
+
+def test_console_follow_prints_the_log_of_a_stopped_guest(tmp_path: Path) -> None:
+    from vmdisk.runtime.console import follow
+
+    log = tmp_path / "console.log"
+    log.write_bytes(b"[    0.000000] Linux version\nlogin: ")
+    seen = bytearray()
+    follow(log, seen.extend, lambda: False)
+    assert bytes(seen) == log.read_bytes()
