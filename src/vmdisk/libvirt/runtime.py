@@ -44,9 +44,13 @@ _STATES = {
 
 
 class LibvirtGuest:
-    def __init__(self, virsh: Virsh, name: str) -> None:
+    """One domain, always named to virsh by its uuid: another instances_path's instance of the
+    same name is never stopped, asked about or undefined by mistake."""
+
+    def __init__(self, virsh: Virsh, name: str, uuid: str) -> None:
         self.virsh = virsh
         self.name = name
+        self.uuid = uuid
 
     def ensure_network(self, network: str) -> None:
         """The network exists and is active: libvirt's `default` is defined if missing."""
@@ -71,7 +75,7 @@ class LibvirtGuest:
         write_atomic(xml_path, render(domain).encode())
         self.virsh("define", str(xml_path))
         try:
-            self.virsh("start", self.name)
+            self.virsh("start", self.uuid)
         except ToolError as exc:
             raise BackendError(
                 f"libvirt could not start {self.name}: {exc.stderr.strip() or exc}",
@@ -87,7 +91,7 @@ class LibvirtGuest:
 
     def state(self) -> tuple[VmState, str]:
         try:
-            text = self.virsh("domstate", self.name, "--reason", check=False)
+            text = self.virsh("domstate", self.uuid, "--reason", check=False)
         except BackendError as exc:
             return VmState.UNKNOWN, exc.message
         if not text or "failed to get domain" in text or text.startswith("error"):
@@ -99,16 +103,16 @@ class LibvirtGuest:
         return _STATES.get(state, VmState.UNKNOWN), reason
 
     def shutdown(self) -> None:
-        self.virsh("shutdown", self.name)
+        self.virsh("shutdown", self.uuid)
 
     def running(self) -> bool:
         return self.state()[0].active
 
     def destroy(self) -> None:
-        self.virsh("destroy", self.name, check=False)
+        self.virsh("destroy", self.uuid, check=False)
 
     def undefine(self) -> None:
-        self.virsh("undefine", self.name, check=False)
+        self.virsh("undefine", self.uuid, check=False)
 
     def address(self, network: str, mac: str) -> str | None:
         """The guest's IPv4 from the network's DHCP leases (its dnsmasq), by MAC."""

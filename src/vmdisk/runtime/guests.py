@@ -103,7 +103,7 @@ class Guests:
 
     def _libvirt(self, inst: Instance, info: RuntimeInfo | None = None) -> LibvirtGuest:
         uri = info.uri if info is not None and info.uri else self.uri
-        return LibvirtGuest(Virsh(self.runner, uri), inst.record.name)
+        return LibvirtGuest(Virsh(self.runner, uri), inst.record.name, inst.record.uuid)
 
     def status(self, inst: Instance) -> VmStatus:
         info = RuntimeInfo.load(inst.path)
@@ -196,6 +196,8 @@ class Guests:
         info = RuntimeInfo.load(inst.path)
         if info is not None and info.via == "libvirt":
             self._libvirt(inst, info).undefine()
+        elif info is not None and libvirt_answers():  # once started via libvirt, then qemu
+            self._libvirt(inst).undefine()
         shutil.rmtree(runtime_dir() / inst.record.uuid, ignore_errors=True)
 
     # ------------------------------------------------------------------ reaching the guest
