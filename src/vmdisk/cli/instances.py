@@ -202,9 +202,8 @@ def _print_instance(out: Console, data: dict[str, Any], created: bool = False) -
 def list_cmd(ctx: click.Context) -> None:
     """List instances on this host."""
     a = app(ctx)
-    states = a.host.statuses()
     rows = [
-        {**lifecycle.summary(i), "state": str(states[i.record.uuid].state)}
+        {**lifecycle.summary(i), "state": str(a.host.guests.status(i).state)}
         for i in a.host.instances()
     ]
 
