@@ -257,3 +257,69 @@ def test_console_follow_prints_the_log_of_a_stopped_guest(tmp_path: Path) -> Non
     seen = bytearray()
     follow(log, seen.extend, lambda: False)
     assert bytes(seen) == log.read_bytes()
+
+
+class FakeVirsh:
+    """A fake of the virsh binary only (libvirtd cannot be asked in the unit tier): answers
+    from a table by verb, and records every call."""
+
+    def __init__(self, answers: dict[str, list[tuple[int, str, str]]]) -> None:
+        self.answers = answers  # per verb, in order; the last one repeats
+        self.calls = 0
+        self.argvs: list[list[str]] = []
+
+    def spawn(self, argv: object, *, output: object = None) -> object:
+        raise AssertionError("virsh is never spawned")
+
+    def run(self, argv: list[str], **kw: object) -> object:
+        from vmdisk.tools.runner import CommandResult
+
+        self.calls += 1
+        self.argvs.append(list(argv))
+        queue = self.answers.get(argv[3], [(0, "", "")])
+        rc, out, err = queue.pop(0) if len(queue) > 1 else queue[0]
+        return CommandResult(tuple(argv), rc, out.encode(), err.encode(), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("answer", "state"),
+    [
+        ((0, "running (booted)", ""), VmState.RUNNING),
+        ((0, "paused (user)", ""), VmState.PAUSED),
+        ((0, "shut off (shutdown)", ""), VmState.STOPPED),
+        ((0, "shut off (destroyed)", ""), VmState.STOPPED),
+        ((0, "shut off (crashed)", ""), VmState.CRASHED),
+        ((0, "crashed (panicked)", ""), VmState.CRASHED),
+        ((1, "", "error: failed to get domain 'x'"), VmState.STOPPED),
+        ((1, "", "error: failed to connect to the hypervisor"), VmState.UNKNOWN),
+    ],
+)
+def test_libvirt_states(answer: tuple[int, str, str], state: VmState) -> None:
+    from vmdisk.libvirt.runtime import LibvirtGuest
+    from vmdisk.libvirt.virsh import Virsh
+
+    fake = FakeVirsh({"domstate": [answer]})
+    guest = LibvirtGuest(Virsh(fake, "qemu:///system"), "vm", UUID)  # type: ignore[arg-type]
+    assert guest.state()[0] is state
+    assert fake.argvs[0] == ["virsh", "-c", "qemu:///system", "domstate", UUID, "--reason"]
+
+
+def test_a_missing_default_network_is_defined_and_started() -> None:
+    from vmdisk.libvirt.runtime import LibvirtGuest
+    from vmdisk.libvirt.virsh import Virsh
+
+    missing = (1, "", "error: Network not found: no network with matching name 'default'")
+    inactive = (0, "Name:           default\nActive:         no\n", "")
+    fake = FakeVirsh({"net-info": [missing, inactive]})
+    guest = LibvirtGuest(Virsh(fake, "qemu:///system"), "vm", UUID)  # type: ignore[arg-type]
+    guest.ensure_network("default")
+    assert [a[3] for a in fake.argvs] == ["net-info", "net-define", "net-info", "net-start"]
+    fake = FakeVirsh({"net-info": [(0, "Name:   default\nActive:         yes\n", "")]})
+    LibvirtGuest(Virsh(fake, "qemu:///system"), "vm", UUID).ensure_network("default")  # type: ignore[arg-type]
+    assert [a[3] for a in fake.argvs] == ["net-info"]  # active already: nothing to do
+    with pytest.raises(Exception, match="no network 'lab'"):
+        LibvirtGuest(
+            Virsh(FakeVirsh({"net-info": [(1, "", "")]}), "qemu:///system"),  # type: ignore[arg-type]
+            "vm",
+            UUID,
+        ).ensure_network("lab")
