@@ -109,7 +109,9 @@ def console(ctx: click.Context, ref: str, follow: bool) -> None:
         raise InstanceNotRunning(f"{st.name} is {st.state}", reason="not-running")
     info = RuntimeInfo.load(inst.path)
     if info is not None and info.via == "libvirt":
-        _exec(["virsh", "-c", info.uri or "qemu:///system", "console", inst.record.uuid])
+        # ttyS0 by its alias: the first <console> is the virtio one, where no getty runs.
+        argv = ["virsh", "-c", info.uri or "qemu:///system", "console", inst.record.uuid]
+        _exec([*argv, "--devname", "serial0"])
     sockets = Path(info.control_dir) if info and info.control_dir else None
     sockets = sockets or control_dir(inst.path, inst.record.uuid)
     sys.stderr.write("connected to the console; Ctrl-] leaves\n")
