@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: deps venv demo test lint unit coverage integration bench bench-quick soak clean
+.PHONY: deps venv demo test lint unit coverage integration bench bench-quick soak clean test-guest
 
 deps:
 	./scripts/install-deps
@@ -33,6 +33,11 @@ test: deps venv lint
 # about 6 minutes under TCG once the image exists, 2 more to build it.
 test-lvm: deps venv
 	$(BIN)/pytest -s -q -p no:randomly tests/lvm
+
+# Running guests (start, ssh, stop via qemu and via libvirt) with the cached Debian cloud-init
+# guest under TCG: about 6 minutes once the image exists.
+test-guest: deps venv
+	$(BIN)/pytest -s -q -p no:randomly tests/guests
 
 unit: venv
 	$(BIN)/pytest tests/unit

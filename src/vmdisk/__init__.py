@@ -202,3 +202,42 @@ __all__ = [
     "Probe",
     "RefreshResult",
 ]
+
+# Running guests (issue 18): start, stop, status, ssh.
+from vmdisk.errors import (
+    GuestError,
+    GuestTimeout,
+    HostKeyUnknown,
+    InstanceNotRunning,
+    InstanceRunning,
+    QmpError,
+)
+from vmdisk.libvirt.domain import NicDevice
+from vmdisk.runtime.guests import (
+    Guests,
+    SshTarget,
+    StartResult,
+    StopResult,
+    WaitResult,
+)
+from vmdisk.runtime.state import RuntimeInfo, VmState, VmStatus
+from vmdisk.tools.runner import CommandResult
+
+__all__ += [
+    "CommandResult",
+    "GuestError",
+    "GuestTimeout",
+    "Guests",
+    "HostKeyUnknown",
+    "InstanceNotRunning",
+    "InstanceRunning",
+    "NicDevice",
+    "QmpError",
+    "RuntimeInfo",
+    "SshTarget",
+    "StartResult",
+    "StopResult",
+    "VmState",
+    "VmStatus",
+    "WaitResult",
+]

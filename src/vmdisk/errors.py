@@ -216,3 +216,34 @@ class ImageInUse(ImageError):
 
 class RegistryError(ImageError):
     """An OCI registry refused or failed a request: auth, TLS, an unexpected answer."""
+
+
+# Running guests (start, stop, status, ssh; issue 18):
+#   GuestError (exit 1) > InstanceRunning, InstanceNotRunning, GuestTimeout, HostKeyUnknown
+#   BackendError > QmpError
+
+
+class GuestError(VmdiskError):
+    """What a guest is doing (or not doing) stopped an operation."""
+
+
+class InstanceRunning(GuestError):
+    """delete, resize, rescue or start of a running instance; reason "running"."""
+
+
+class InstanceNotRunning(GuestError):
+    """ssh, ip, console need a running guest; reason "not-running"."""
+
+
+class GuestTimeout(GuestError):
+    """boot, wait or stop did not see what it waited for in time; reason "timeout" or
+    "wait-for-not-seen"."""
+
+
+class HostKeyUnknown(GuestError):
+    """The guest printed no host keys on its console to check ssh against (cloud-init prints
+    them at its final stage); reason "host-key-unknown", hint --insecure."""
+
+
+class QmpError(BackendError):
+    """qemu's QMP socket is gone or refused a command; reason "qmp", "qmp-unavailable"."""

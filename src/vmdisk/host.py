@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import os
 import secrets
 import uuid as uuidlib
@@ -16,7 +17,7 @@ import platformdirs
 
 from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
-from vmdisk.boot import BootResult, Stream, boot_libvirt, boot_qemu
+from vmdisk.boot import STOP_GRACE, BootResult, Stream, boot_libvirt, boot_qemu
 from vmdisk.errors import InvalidRequest, NotSupported, VmdiskError
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
 from vmdisk.imagecache import snapshot
@@ -57,9 +58,12 @@ from vmdisk.plan import plan_disks
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.provision import Provisioner, write_domain_xml
 from vmdisk.request import image_request
+from vmdisk.runtime.guests import Guests, StartResult, StopResult, WaitResult
+from vmdisk.runtime.ssh import SshAccess
+from vmdisk.runtime.state import VmStatus
 from vmdisk.settings import Settings
 from vmdisk.tools.qemu_img import QemuImg
-from vmdisk.tools.runner import Limits, Runner, SubprocessRunner
+from vmdisk.tools.runner import CommandResult, Limits, Runner, SubprocessRunner
 from vmdisk.units import GiB
 
 
@@ -195,15 +199,23 @@ class Host:
     def instance(self, ref: str) -> Instance:
         return self.store.find(ref)
 
-    def delete_instance(self, ref: str) -> Instance:
+    def delete_instance(self, ref: str, *, force: bool = False) -> Instance:
+        """Refuses a running instance; `force` destroys its guest first (its disks are about to
+        go, so there is nothing to flush)."""
         inst = self.store.find(ref)
+        if force and self.guests.status(inst).state.active:
+            self.guests.stop(inst, force=True)
+        self.guests.refuse_running(inst, "delete it")
+        self.guests.forget(inst)
         with self.provisioner.backend(inst.record.backend) as backend:
             backend.remove(list(inst.record.all_disks()))
         self.store.delete(inst)
         return inst
 
     def resize_instance(self, ref: str, root_gb: int | None, ephemeral_gb: int | None) -> Instance:
-        inst = lifecycle.resize(self.provisioner, self.store.find(ref), root_gb, ephemeral_gb)
+        inst = self.store.find(ref)
+        self.guests.refuse_running(inst, "resize it")
+        inst = lifecycle.resize(self.provisioner, inst, root_gb, ephemeral_gb)
         write_domain_xml(inst, self.host_facts())
         return inst
 
@@ -214,6 +226,7 @@ class Host:
         boot_files: Mapping[str, ImageRequest] | None = None,
     ) -> Instance:
         inst = self.store.find(ref)
+        self.guests.refuse_running(inst, "rescue it")
         if request is None:
             # A cached id resolves by itself (the recorded source may be a relative path).
             cached = self.cache.lookup(inst.record.image_base) is not None
@@ -227,7 +240,9 @@ class Host:
         return inst
 
     def unrescue_instance(self, ref: str) -> Instance:
-        inst = lifecycle.unrescue(self.provisioner, self.store.find(ref))
+        inst = self.store.find(ref)
+        self.guests.refuse_running(inst, "unrescue it")
+        inst = lifecycle.unrescue(self.provisioner, inst)
         write_domain_xml(inst, self.host_facts())
         return inst
 
@@ -246,11 +261,18 @@ class Host:
             inst, self.host_facts(), rescue=rescuing, kernel=kernel, initrd=initrd, cmdline=cmdline
         )
 
-    def boot(self, ref: str, options: BootOptions, stream: Stream | None = None) -> BootResult:
+    def boot(
+        self,
+        ref: str,
+        options: BootOptions,
+        stream: Stream | None = None,
+        *,
+        grace: float = STOP_GRACE,
+    ) -> BootResult:
+        """The smoke test; a guest still running at the end gets `grace` s to power off."""
         inst = self.store.find(ref)
-        with self.provisioner.backend(inst.record.backend) as backend:
-            for disk in inst.record.all_disks():
-                backend.check_present(disk, self.settings.base_dir)
+        self.guests.refuse_running(inst, "boot it")
+        self._check_disks(inst)
         domain = self.domain(
             ref,
             rescue=options.rescue,
@@ -267,10 +289,78 @@ class Host:
                 wait_for=options.wait_for,
                 keep=options.keep,
                 stream=stream,
+                grace=grace,
             )
         return boot_qemu(
-            self.runner, domain, timeout=options.timeout, wait_for=options.wait_for, stream=stream
+            self.runner,
+            domain,
+            timeout=options.timeout,
+            wait_for=options.wait_for,
+            stream=stream,
+            grace=grace,
         )
+
+    # ------------------------------------------------ running guests (issue 18): one block
+    libvirt_uri = "qemu:///system"
+
+    @functools.cached_property
+    def guests(self) -> Guests:
+        return Guests(self.runner, self.settings.libvirt.network, self.libvirt_uri)
+
+    def _check_disks(self, inst: Instance) -> None:
+        with self.provisioner.backend(inst.record.backend) as backend:
+            for disk in inst.record.all_disks():
+                backend.check_present(disk, self.settings.base_dir)
+
+    def start(self, ref: str, via: str | None = None) -> StartResult:
+        """Start the guest, detached: via libvirt (defined persistently) or qemu; None picks
+        libvirt when its socket answers, else qemu (the result says which and why)."""
+        inst = self.store.find(ref)
+        self._check_disks(inst)
+        return self.guests.start(inst, self.domain(ref), via)
+
+    def stop(self, ref: str, *, force: bool = False, timeout: float = 120) -> StopResult:
+        return self.guests.stop(self.store.find(ref), force=force, timeout=timeout)
+
+    def status(self, ref: str) -> VmStatus:
+        return self.guests.status(self.store.find(ref))
+
+    def statuses(self) -> dict[str, VmStatus]:
+        """Every instance's state by uuid, for `list`."""
+        return {i.record.uuid: self.guests.status(i) for i in self.store.all()}
+
+    def address(self, ref: str) -> tuple[str, int]:
+        """Where the guest's ssh is: (host, port)."""
+        return self.guests.address(self.store.find(ref))
+
+    def remember_ssh(self, ref: str, user: str | None, public_keys: list[Path]) -> None:
+        """Who `ssh` logs in as and with which key (the private half of a `--ssh-key`)."""
+        inst = self.store.find(ref)
+        keys = tuple(str(k.absolute()) for k in public_keys)
+        SshAccess(user, keys).save(inst.path)
+
+    def ssh_argv(
+        self,
+        ref: str,
+        command: tuple[str, ...] = (),
+        *,
+        user: str | None = None,
+        identity: Path | None = None,
+        insecure: bool = False,
+    ) -> list[str]:
+        return self.guests.ssh_argv(
+            self.store.find(ref), command, user=user, identity=identity, insecure=insecure
+        )
+
+    def ssh(
+        self, ref: str, command: tuple[str, ...], *, insecure: bool = False, timeout: float = 300
+    ) -> CommandResult:
+        """Run a command in the guest; its exit code is in the result (never raised)."""
+        argv = self.ssh_argv(ref, command, insecure=insecure)
+        return self.runner.run(argv, timeout=timeout, check=False)
+
+    def wait_ssh(self, ref: str, *, timeout: float = 600, insecure: bool = False) -> WaitResult:
+        return self.guests.wait_ssh(self.store.find(ref), timeout=timeout, insecure=insecure)
 
     def cleanup_policy(self) -> CleanupPolicy:
         c = self.settings.image_cache

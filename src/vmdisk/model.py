@@ -195,6 +195,7 @@ class InstancePlan:
     cmdline: str | None = None
     injection: Any = field(default=None, compare=False)
     image_location: str | None = None  # e.g. Glance's rbd:// location, for backends that clone
+    macs: tuple[str, ...] = ()  # the guest's NIC MACs, as the drive's network data names them
 
     def disk(self, name: str) -> DiskPlan | None:
         return next((d for d in self.disks if d.name == name), None)

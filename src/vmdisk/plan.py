@@ -5,12 +5,15 @@ Everything `vmdisk create --dry-run` prints comes from here, and unit tests asse
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 from vmdisk.backends import backend_info
+from vmdisk.configdrive.metadata import network_data_from_nics, nocloud_network_config
 from vmdisk.errors import InvalidRequest, NotSupported
 from vmdisk.imagecache.records import cache_name
+from vmdisk.macaddr import check_mac, default_mac, macs_in
 from vmdisk.model import (
     BackendName,
     ConfigDriveSpec,
@@ -78,7 +81,7 @@ def plan_disks(
     backend = choose_backend(spec.backend, settings)
     instance_dir = settings.instances_path / spec.uuid
     boot_ids = dict(boot_ids or {})
-    drive = _config_drive(spec, settings)
+    drive, macs = _nic_default(_config_drive(spec, settings), spec.uuid)
     disks = [
         _root(spec, instance_dir, backend, cache_name(image_id)),
         *_blank_disks(spec, settings, instance_dir, backend),
@@ -102,7 +105,31 @@ def plan_disks(
         cmdline=spec.cmdline,
         injection=_injection(spec, backend),
         image_location=image_location,
+        macs=macs,
     )
+
+
+def _nic_default(
+    drive: ConfigDriveSpec | None, uuid: str
+) -> tuple[ConfigDriveSpec | None, tuple[str, ...]]:
+    """Every instance has a NIC: the MACs its network data names (`--nic mac=`), else one
+    default MAC (from the uuid) that the drive's network data configures by DHCP. The MACs
+    go into the record, so qemu and libvirt give the guest exactly these."""
+    given = macs_in(drive.network_data) if drive is not None else []
+    try:
+        macs = tuple(check_mac(m) for m in given)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), reason="bad-option") from exc
+    if macs:
+        return drive, macs
+    mac = default_mac(uuid)
+    if drive is None or drive.network_data is not None:
+        return drive, (mac,)
+    nic = {"mac": mac, "ip": "dhcp"}
+    data = (
+        nocloud_network_config([nic]) if drive.seed == "nocloud" else network_data_from_nics([nic])
+    )
+    return dataclasses.replace(drive, network_data=data), (mac,)
 
 
 def _root(

@@ -208,6 +208,7 @@ def instance_record(
         kernel=_boot_entry(plan, "kernel"),
         ramdisk=_boot_entry(plan, "ramdisk"),
         cmdline=plan.cmdline,
+        macs=plan.macs,
     )
 
 

@@ -89,6 +89,7 @@ class InstanceRecord:
     image_source: str = ""
     host: str = ""
     preallocate: bool = False
+    macs: tuple[str, ...] = ()  # the guest's NIC MACs as network_data.json names them
     version: int = VERSION
 
     def disk(self, name: str) -> DiskEntry | None:
@@ -196,6 +197,7 @@ def _decode_v2(data: dict[str, Any]) -> InstanceRecord:
         image_source=data.get("image_source", ""),
         host=data.get("host", ""),
         preallocate=bool(data.get("preallocate", False)),
+        macs=tuple(str(m) for m in data.get("macs", ())),
     )
 
 

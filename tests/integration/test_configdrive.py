@@ -122,12 +122,15 @@ def test_vfat_config_drive(settings: Settings, image: Path, tmp_path: Path) -> N
     check_config2(read_back("config-2", out))
 
 
-def test_empty_network_data_is_an_empty_object(
+def test_without_network_data_the_drive_configures_the_instances_mac(
     settings: Settings, image: Path, tmp_path: Path
 ) -> None:
     d = make(settings, image, ConfigDriveSpec())
     tree = extract_iso(d / "disk.config", tmp_path / "e")
-    assert json.loads((tree / "openstack/latest/network_data.json").read_text()) == {}
+    network = json.loads((tree / "openstack/latest/network_data.json").read_text())
+    record = json.loads((d / "instance.json").read_text())
+    assert [link["ethernet_mac_address"] for link in network["links"]] == record["macs"]
+    assert [n["type"] for n in network["networks"]] == ["ipv4_dhcp"]
     assert not (tree / "openstack/latest/user_data").exists()
     assert read_back("config-2", tree)["instance_id"] == UUID
 

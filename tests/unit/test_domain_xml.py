@@ -36,7 +36,7 @@ def test_facts_in_the_xml() -> None:
     assert targets == [("vda", "qcow2"), ("vdb", "qcow2"), ("vdc", "qcow2"), ("hda", "raw")]
     cdrom = next(d for d in full.iter("disk") if d.get("device") == "cdrom")
     assert cdrom.find("readonly") is not None
-    assert full.find("devices/serial/source").get("path") == str(DIR / "console.log")  # type: ignore[union-attr]
+    assert full.find("devices/serial/log").get("file") == str(DIR / "console.log")  # type: ignore[union-attr]
     tcg = ET.fromstring(render(all_cases["qcow2-root"]))
     assert tcg.get("type") == "qemu" and tcg.find("cpu") is None
     flat = ET.fromstring(render(all_cases["flat"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from vmdisk.boot import STOP_GRACE
 from vmdisk.cli.context import app
 from vmdisk.libvirt.domain import render
 from vmdisk.model import BootOptions
@@ -36,6 +37,13 @@ def xml(ctx: click.Context, ref: str, rescue: bool | None) -> None:
 @click.option("--cmdline")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True)
 @click.option("--wait-for", help="Stop once the console shows this text.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=STOP_GRACE,
+    show_default=True,
+    help="Seconds a guest still running at the end gets to power off before it is killed.",
+)
 @click.option("--keep", is_flag=True, help="libvirt: leave the domain defined afterwards.")
 @click.option("--rescue/--no-rescue", default=None, help="Boot the rescue variant.")
 @click.option("--uri", default="qemu:///system", show_default=True, help="libvirt URI.")
@@ -50,11 +58,15 @@ def boot(
     cmdline: str | None,
     timeout: float,
     wait_for: str | None,
+    grace: float,
     keep: bool,
     rescue: bool | None,
     uri: str,
 ) -> None:
-    """Boot the instance (TCG unless KVM works) and follow its console."""
+    """Smoke-test the instance: boot it (TCG unless KVM works), follow its console, stop it.
+
+    Exits 1 on --timeout, or when --wait-for was given and never showed. A guest still running
+    at the end gets the ACPI power button, and is killed only if it does not power off."""
     if initrd is not None and kernel is None:
         raise click.UsageError("--initrd needs --kernel")
     a = app(ctx)
@@ -70,11 +82,14 @@ def boot(
         uri=uri,
     )
     stream = None if a.output.json_mode else _to_terminal
-    result = a.host.boot(ref, options, stream)
+    result = a.host.boot(ref, options, stream, grace=grace)
+    if not a.output.json_mode:
+        sys.stdout.write("\n")
+    result.check(wait_for)  # a timeout, or --wait-for never seen, exits 1
 
     def human(out: Console) -> None:
         out.print(
-            f"\n[bold]{ref}[/]: {result.reason} after {result.duration:.1f} s (via {result.via})"
+            f"[bold]{ref}[/]: {result.reason} after {result.duration:.1f} s (via {result.via})"
         )
 
     a.output.emit(result.to_dict(), human)

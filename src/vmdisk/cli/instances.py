@@ -72,6 +72,9 @@ def boot_file_options(func: F) -> F:
 @click.option("--seed", type=click.Choice(["config-2", "nocloud"]), help="Drive flavour.")
 @click.option("--user-data", type=click.Path(dir_okay=False))
 @click.option("--ssh-key", type=click.Path(dir_okay=False), multiple=True)
+@click.option(
+    "--ssh-user", help="Who `vmdisk ssh` logs in as (default root, or the image's own user)."
+)
 @click.option("--admin-pass")
 @click.option("--inject-file", multiple=True, metavar="GUEST_PATH=HOST_FILE")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE")
@@ -100,6 +103,7 @@ def create(
     name: str,
     source: str,
     dry_run: bool,
+    ssh_user: str | None,
     **flags: Any,
 ) -> None:
     """Create instance NAME: cache the image, then make its disks and directory."""
@@ -111,6 +115,8 @@ def create(
         a.output.emit({"dry_run": True, **plan.to_dict()}, lambda out: _print_plan(out, plan))
         return
     inst = a.host.create_instance(built.spec, built.image, built.boot_files)
+    if ssh_user or flags["ssh_key"]:
+        a.host.remember_ssh(inst.record.uuid, ssh_user, [Path(k) for k in flags["ssh_key"]])
     data = a.host.describe(inst)
     if built.generated_password is not None:
         data["admin_pass"] = built.generated_password  # shown once, like Nova's API; never logged
@@ -196,13 +202,17 @@ def _print_instance(out: Console, data: dict[str, Any], created: bool = False) -
 def list_cmd(ctx: click.Context) -> None:
     """List instances on this host."""
     a = app(ctx)
-    rows = [lifecycle.summary(i) for i in a.host.instances()]
+    rows = [
+        {**lifecycle.summary(i), "state": str(a.host.guests.status(i).state)}
+        for i in a.host.instances()
+    ]
 
     def human(out: Console) -> None:
-        table = Table("name", "uuid", "flavor", "backend", "image", "created")
+        table = Table("name", "state", "uuid", "flavor", "backend", "image", "created")
         for r in rows:
             table.add_row(
                 r["name"],
+                r["state"],
                 r["uuid"],
                 r["flavor"]["name"],
                 r["backend"],
@@ -226,11 +236,12 @@ def show(ctx: click.Context, ref: str) -> None:
 
 @click.command("delete")
 @click.argument("ref", metavar="NAME|UUID")
+@click.option("--force", is_flag=True, help="Stop a running guest first (then delete).")
 @click.pass_context
-def delete(ctx: click.Context, ref: str) -> None:
-    """Delete an instance directory (never anything in _base)."""
+def delete(ctx: click.Context, ref: str, force: bool) -> None:
+    """Delete an instance directory (never anything in _base). A running one is refused."""
     a = app(ctx)
-    inst: Instance = a.host.delete_instance(ref)
+    inst: Instance = a.host.delete_instance(ref, force=force)
     a.output.emit(
         {"deleted": inst.record.name, "uuid": inst.record.uuid},
         lambda out: out.print(f"deleted {inst.record.name} ({inst.record.uuid})"),
@@ -243,7 +254,7 @@ def delete(ctx: click.Context, ref: str) -> None:
 @click.option("--ephemeral-gb", type=click.IntRange(min=0))
 @click.pass_context
 def resize(ctx: click.Context, ref: str, root_gb: int | None, ephemeral_gb: int | None) -> None:
-    """Grow the root (and ephemeral) disk. Shrinking is refused."""
+    """Grow the root (and ephemeral) disk. Shrinking, and a running guest, are refused."""
     if root_gb is None and ephemeral_gb is None:
         raise click.UsageError("give --root-gb and/or --ephemeral-gb")
     a = app(ctx)
@@ -270,7 +281,9 @@ def rescue(
     ramdisk_source: str | None,
     ramdisk_id: str | None,
 ) -> None:
-    """Create disk.rescue (and kernel.rescue/ramdisk.rescue); the instance's disk is untouched."""
+    """Create disk.rescue (and kernel.rescue/ramdisk.rescue); the instance's disk is untouched.
+
+    Refused while the guest runs: stop it, rescue, start it (it boots the rescue disk)."""
     a = app(ctx)
     request = image_request(source, image_id, fmt, checksum, max_size) if source else None
     boot_files = boot_requests(

@@ -58,11 +58,12 @@ def cli(
 
 
 def _register() -> None:
-    from vmdisk.cli import boot, images, instances, oci
+    from vmdisk.cli import boot, images, instances, oci, vm
 
     images.register(cli)
     instances.register(cli)
     boot.register(cli)
+    vm.register(cli)
     from vmdisk.cli import doctor
 
     doctor.register(cli)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmdisk.errors import InvalidRequest
+from vmdisk.macaddr import check_mac
 from vmdisk.model import ConfigDriveSpec
 
 #: Nova's metadata versions; with the default config_drive_skip_versions only these EC2 ones.
@@ -169,12 +170,13 @@ def network_data_from_nics(nics: list[dict[str, str]]) -> dict[str, Any]:
                 reason="bad-option",
             )
         link = f"tap{index}"
+        mac = _mac(nic["mac"])
         links.append(
             {
                 "id": link,
                 "vif_id": link,
                 "type": "phy",
-                "ethernet_mac_address": nic["mac"].lower(),
+                "ethernet_mac_address": mac,
                 "mtu": int(nic["mtu"]) if nic.get("mtu") else None,
             }
         )
@@ -218,7 +220,7 @@ def nocloud_network_config(nics: list[dict[str, str]]) -> dict[str, Any]:
     ethernets: dict[str, Any] = {}
     for index, nic in enumerate(nics):
         entry: dict[str, Any] = {
-            "match": {"macaddress": nic["mac"].lower()},
+            "match": {"macaddress": _mac(nic["mac"])},
             "set-name": f"eth{index}",
         }
         ip = nic.get("ip", "dhcp")
@@ -232,3 +234,11 @@ def nocloud_network_config(nics: list[dict[str, str]]) -> dict[str, Any]:
             entry["nameservers"] = {"addresses": [nic["dns"]]}
         ethernets[f"eth{index}"] = entry
     return {"version": 2, "ethernets": ethernets}
+
+
+def _mac(text: str) -> str:
+    """The MAC as qemu and libvirt will be given it, so cloud-init matches the NIC it sees."""
+    try:
+        return check_mac(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"--nic {exc}", reason="bad-option") from exc

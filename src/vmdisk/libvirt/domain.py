@@ -14,13 +14,36 @@ from pathlib import Path
 from typing import Any
 
 from vmdisk.instances import Instance
+from vmdisk.macaddr import check_mac, default_mac
 from vmdisk.model import BlockSource, DiskRole, DiskSource, FileSource, NetworkSource
-from vmdisk.netspec import Interface
+from vmdisk.netspec import Interface, InterfaceKind, check_bridge_name
 from vmdisk.record import DiskEntry, InstanceRecord
 
 METADATA_NS = "https://github.com/vmdisk/vmdisk/xmlns/instance/1.0"
 DISK_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 DEFAULT_CMDLINE = "root=/dev/vda console=ttyS0"
+NIC_KINDS = ("user", "bridge", "network")
+
+
+@dataclass(frozen=True, slots=True)
+class NicDevice:
+    """The guest's NIC: qemu user networking (with a host port forwarded to the guest's 22),
+    a host bridge, or a libvirt network (libvirt's `default` NAT). Checked when made."""
+
+    kind: str  # "user", "bridge" or "network"
+    mac: str
+    source: str | None = None  # the bridge or network name
+    model: str = "virtio"
+    ssh_port: int | None = None  # user: 127.0.0.1:ssh_port reaches the guest's port 22
+
+    def __post_init__(self) -> None:
+        if self.kind not in NIC_KINDS:
+            raise ValueError(f"NIC kind {self.kind!r} is not one of {NIC_KINDS}")
+        object.__setattr__(self, "mac", check_mac(self.mac))
+        if self.kind != "user":
+            check_bridge_name(self.source or "")
+        if self.ssh_port is not None and not 0 < self.ssh_port < 65536:
+            raise ValueError(f"port {self.ssh_port} is out of range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +71,7 @@ class Domain:
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str | None = None
-    interface: Interface | None = None
+    nic: NicDevice | None = None
     flavor: str = ""
     image_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
@@ -110,15 +133,17 @@ def _devices(root: ET.Element, domain: Domain) -> None:
     devices = _sub(root, "devices")
     for disk in domain.disks:
         _disk(devices, disk)
-    serial = _sub(devices, "serial", type_="file")
-    _sub(serial, "source", path=str(domain.console_log), append="on")
+    # The guest's ttyS0: a pty `vmdisk console` (virsh console) attaches to, logged by
+    # virtlogd into console.log the way Nova keeps it.
+    serial = _sub(devices, "serial", type_="pty")
+    _sub(serial, "log", file=str(domain.console_log), append="on")
     _sub(serial, "target", port="0")
     pty = _sub(devices, "serial", type_="pty")
     _sub(pty, "target", port="1")
     console = _sub(devices, "console", type_="pty")
     _sub(console, "target", type_="virtio", port="0")
-    if domain.interface is not None:
-        _interface(devices, domain.interface)
+    if domain.nic is not None:
+        _interface(devices, domain.nic)
     _sub(devices, "memballoon", model="virtio")
 
 
@@ -152,13 +177,14 @@ def _network_source(el: ET.Element, src: NetworkSource) -> None:
         _sub(source, "host", name=host, port=str(port))
 
 
-def _interface(devices: ET.Element, iface: Interface) -> None:
-    if iface.kind == "bridge":
-        el = _sub(devices, "interface", type_="bridge")
-        _sub(el, "source", bridge=iface.bridge or "")
-    else:
-        el = _sub(devices, "interface", type_="user")
-    _sub(el, "model", type_=iface.model)
+def _interface(devices: ET.Element, nic: NicDevice) -> None:
+    el = _sub(devices, "interface", type_=nic.kind)
+    _sub(el, "mac", address=nic.mac)
+    if nic.kind == "bridge":
+        _sub(el, "source", bridge=nic.source or "")
+    elif nic.kind == "network":
+        _sub(el, "source", network=nic.source or "")
+    _sub(el, "model", type_=nic.model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +239,24 @@ def domain_for(
         kernel=kernel,
         initrd=initrd,
         cmdline=cmdline or rec.cmdline,
-        interface=host.interface,
+        nic=_nic(rec, host.interface),
         flavor=rec.flavor.name,
         image_id=rec.image_id,
     )
+
+
+def instance_mac(rec: InstanceRecord) -> str:
+    """The MAC the guest sees: the first `--nic mac=` given at create, else the default."""
+    return rec.macs[0] if rec.macs else default_mac(rec.uuid)
+
+
+def _nic(rec: InstanceRecord, interface: Interface | None) -> NicDevice | None:
+    """The NIC `[libvirt] network` asks for, with the instance's MAC."""
+    if interface is None:
+        return None
+    if interface.kind is InterfaceKind.BRIDGE:
+        return NicDevice("bridge", instance_mac(rec), interface.bridge, interface.model)
+    return NicDevice("user", instance_mac(rec), model=interface.model)
 
 
 def instance_domain(inst: Instance, host: HostFacts, **kw: Any) -> Domain:
