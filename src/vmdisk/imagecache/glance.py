@@ -7,13 +7,17 @@ checksum) is verified while streaming, and its id is the image id, so cache name
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest, UnsafeImage
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.sources import HttpSource, Opened, SourceFacts, redact_url
+from vmdisk.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import requests
+else:
+    requests = LazyModule("requests")
 
 SCHEME = "glance://"
 FORMATS = {

@@ -12,13 +12,17 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from oslo_utils.imageutils import format_inspector as fi
+from typing import TYPE_CHECKING, Any
 
 from vmdisk.errors import ImageTooLarge, UnsafeImage
+from vmdisk.lazy import LazyModule
 from vmdisk.tools.qemu_img import ImageInfo
 from vmdisk.units import MAX_SIZE, format_size
+
+if TYPE_CHECKING:
+    from oslo_utils.imageutils import format_inspector as fi
+else:  # imported when an image is first inspected, not by every command (vmdisk/lazy.py)
+    fi = LazyModule("oslo_utils.imageutils.format_inspector")
 
 #: Formats a user may declare; vpc is qemu's name for VHD.
 ALLOWED_FORMATS = ("raw", "qcow2", "vmdk", "vpc", "vhdx", "iso")

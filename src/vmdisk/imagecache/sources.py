@@ -12,16 +12,20 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
-
-import requests
-import urllib3
 
 from vmdisk._version import __version__
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
 from vmdisk.fsutil import data_extents
 from vmdisk.imagecache.records import Checksum
+from vmdisk.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import requests
+    import urllib3
+else:  # imported by the first HTTP fetch, not by every command (vmdisk/lazy.py)
+    requests, urllib3 = LazyModule("requests"), LazyModule("urllib3")
 
 CHUNK = 1024 * 1024
 Resolver = Callable[[str], list[str]]
