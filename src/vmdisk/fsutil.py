@@ -193,19 +193,35 @@ def _fallocate_keep_size(fd: int, size: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def reflink(src_fd: int, dst_fd: int) -> bool:
+    """Make dst share src's extents (FICLONE: XFS with reflink=1, btrfs): milliseconds for
+    any size, no space used until either side is written. False where the file system cannot
+    (ext4: EOPNOTSUPP; across file systems: EXDEV); any other error is raised."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return True
+    except OSError as exc:
+        if exc.errno in _NO_REFLINK:
+            return False
+        raise
+
+
+_NO_REFLINK = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
+)
+
+
 def copy_sparse(src: Path, dst: Path) -> str:
-    """Copy src to a new file dst: a reflink where the file system can, else only data extents.
+    """Copy src to a new file dst: a reflink where the file system can, else only data extents
+    with copy_file_range (in the kernel; no copy through user space).
 
     Returns "reflink" or "sparse" so callers can report what happened.
     """
     with open(src, "rb") as fin:
         fd = open_exclusive(dst, 0o644)
         try:
-            try:
-                fcntl.ioctl(fd, FICLONE, fin.fileno())
+            if reflink(fin.fileno(), fd):
                 return "reflink"
-            except OSError:
-                pass
             size = os.fstat(fin.fileno()).st_size
             _copy_extents(fin.fileno(), fd, size)
             os.ftruncate(fd, size)

@@ -31,7 +31,7 @@ from vmdisk.imagecache.digest import TreeDigest, file_digest
 from vmdisk.imagecache.inspect import confirm_with_qemu
 from vmdisk.imagecache.records import BaseRecord, Checksum, write_record
 from vmdisk.imagecache.request import ResolvedImage
-from vmdisk.imagecache.sources import ImageSource, TransientFetchError
+from vmdisk.imagecache.sources import ImageSource, LocalFileSource, TransientFetchError
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.tools.qemu_img import ImageInfo, QemuImg
 from vmdisk.tools.runner import Limits
@@ -102,8 +102,9 @@ class _Digest:
 class _Sink:
     """Where downloaded bytes go: hashed, inspected and written sparsely, in one pass."""
 
-    def __init__(self, fd: int, checksum: Checksum | None) -> None:
+    def __init__(self, fd: int, checksum: Checksum | None, *, write: bool = True) -> None:
         self.fd = fd
+        self.writes = write  # False: the file already holds the bytes (a reflinked clone)
         self.hasher = _Hasher(checksum.algorithm if checksum else None)
         self.inspector = inspect.StreamInspector()
         self.offset = 0
@@ -112,7 +113,8 @@ class _Sink:
     def write(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
         self.inspector.feed(chunk)
-        _write_sparse(self.fd, chunk, self.offset)
+        if self.writes:
+            _write_sparse(self.fd, chunk, self.offset)
         self.offset += len(chunk)
 
     def close(self) -> None:
@@ -128,6 +130,14 @@ class _Sink:
         if self.hasher.extra is None or self.hasher.extra.name != algorithm:
             raise VmdiskError(f"no {algorithm} was computed for this download")
         return self.hasher.extra.hexdigest()
+
+
+def _cloned(source: ImageSource, fd: int, part: Path) -> tuple[ImageSource, bool]:
+    """A local file on the same reflink file system is cloned into `.part` (no bytes copied)
+    and the clone is what gets hashed and inspected; anything else streams as before."""
+    if isinstance(source, LocalFileSource) and source.clone_into(fd):
+        return LocalFileSource(part), True
+    return source, False
 
 
 def _write_sparse(fd: int, chunk: bytes, offset: int) -> None:
@@ -236,7 +246,8 @@ class Intake:
 
     def _download(self, source: ImageSource, part: Path, checksum: Checksum | None) -> _Sink:
         fd = open_exclusive(part, 0o644)
-        sink = _Sink(fd, checksum)
+        source, cloned = _cloned(source, fd, part)
+        sink = _Sink(fd, checksum, write=not cloned)
         try:
             self._stream_into(source, sink)
             os.ftruncate(fd, sink.offset)

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from vmdisk._version import __version__
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
-from vmdisk.fsutil import data_extents
+from vmdisk.fsutil import data_extents, reflink
 from vmdisk.imagecache.records import Checksum
 from vmdisk.lazy import LazyModule
 
@@ -104,6 +104,21 @@ class LocalFileSource:
             os.close(fd)
             raise InvalidRequest(f"{self.path} is not a regular file", reason="not-a-file")
         return Opened(_read_extents(fd, offset, st.st_size), st.st_size, resumable=True)
+
+    def clone_into(self, fd: int) -> bool:
+        """Reflink this file into `fd` (a new `.part`) if the file system can; else False.
+
+        The caller then reads the clone, not this file: it is private to the intake, so the
+        bytes hashed and inspected are the bytes that become the base, whoever writes here.
+        """
+        try:
+            src = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False  # open() reports it, with the usual typed error
+        try:
+            return stat.S_ISREG(os.fstat(src).st_mode) and reflink(src, fd)
+        finally:
+            os.close(src)
 
 
 _ZEROS = bytes(CHUNK)
