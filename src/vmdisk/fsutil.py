@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -185,6 +184,8 @@ def preallocate(path: Path, size: int) -> None:
 
 
 def _fallocate_keep_size(fd: int, size: int) -> None:
+    import ctypes  # here, not at the top: ctypes costs every command ~5 ms to import
+
     # The already-loaded C library: find_library("c") would run ldconfig on every call.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
