@@ -43,20 +43,36 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` through a temporary name, fsync, and rename."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, sync: bool = True) -> None:
+    """Write `data` to `path` through a temporary name, fsync, and rename.
+
+    sync=False leaves both fsyncs to a later `sync_file(path)`: for a caller holding a lock
+    other processes wait on, which should not make them wait for the disk too.
+    """
     tmp = temp_name(path)
     fd = open_exclusive(tmp, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    if sync:
+        fsync_dir(path.parent)
+
+
+def sync_file(path: Path) -> None:
+    """Make a file written with write_atomic(sync=False) durable: its data, then its name."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)
 
 
