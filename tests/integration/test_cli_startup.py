@@ -61,3 +61,40 @@ def test_help_lists_every_command_from_the_table() -> None:
     listed = result.stdout.split("Commands:", 1)[1].split()
     for name in COMMANDS:
         assert name in listed
+
+
+def _script() -> str:
+    return str(Path(sys.executable).parent / "vmdisk")
+
+
+def test_the_console_script_answers_version_without_click() -> None:
+    fast = subprocess.run(
+        [sys.executable, "-X", "importtime", _script(), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    names = {line.rsplit("|", 1)[1].strip() for line in fast.stderr.splitlines() if "|" in line}
+    assert "click" not in names and "vmdisk.cli.main" not in names
+    slow = subprocess.run(
+        [sys.executable, "-m", "vmdisk", "--version"], capture_output=True, text=True, check=True
+    )
+    assert fast.stdout == slow.stdout == "vmdisk, version " + _version() + "\n"
+
+
+def test_the_console_script_runs_every_other_command_through_click(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [_script(), "--json", "--instances-path", str(tmp_path), "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"
+    bad = subprocess.run([_script(), "no-such-command"], check=False, capture_output=True)
+    assert bad.returncode == 2
+
+
+def _version() -> str:
+    from vmdisk import __version__
+
+    return __version__
