@@ -66,6 +66,7 @@ class _Hasher:
 
     def __init__(self, extra: str | None) -> None:
         self.tree = TreeDigest()
+        self.result = _Digest(self.tree)  # a new hasher (a restarted download) has a new one
         self.extra = hashlib.new(extra) if extra else None
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -105,10 +106,10 @@ class _Sink:
     def __init__(self, fd: int, checksum: Checksum | None, *, write: bool = True) -> None:
         self.fd = fd
         self.writes = write  # False: the file already holds the bytes (a reflinked clone)
-        self.hasher = _Hasher(checksum.algorithm if checksum else None)
+        self._wanted = checksum.algorithm if checksum else None
+        self.hasher = _Hasher(self._wanted)
         self.inspector = inspect.StreamInspector()
         self.offset = 0
-        self._digest = _Digest(self.hasher.tree)
 
     def write(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
@@ -123,7 +124,7 @@ class _Sink:
     @property
     def sha256(self) -> _Digest:
         """The download's digest as records keep it (digest.TAG), for the base and the record."""
-        return self._digest
+        return self.hasher.result
 
     def digest(self, algorithm: str) -> str:
         """The user's checksum algorithm over every byte of the download (exact)."""
