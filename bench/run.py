@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import oci, scenarios
+from bench import issue21, oci, scenarios
 from bench.fixtures import Inputs, make_inputs
 
 Metric = dict[str, Any]
@@ -86,6 +86,9 @@ def machine() -> dict[str, Any]:
 
 def table(metrics: dict[str, Metric]) -> str:
     lines = [f"{'metric':14} {'value':>12} {'floor':>12} {'ratio':>8} {'target':>8}  met  notes"]
+    order = ["W1 --version", "W1 --help", "W1 list", "W2", "W3"]
+    order += [f"P{i}" for i in range(1, 10)] + ["full_instance", "R1", "R2", "X1"]
+    metrics = {k: metrics[k] for k in [*order, *sorted(set(metrics) - set(order))] if k in metrics}
     for key, m in metrics.items():
         floor = f"{m['floor']:.4g}" if m.get("floor") is not None else "-"
         ratio = f"{m['ratio']:.3g}" if m.get("ratio") is not None else "-"
@@ -105,7 +108,14 @@ def run(quick: bool) -> dict[str, Any]:
     try:
         inputs: Inputs = make_inputs(work)
         metrics: dict[str, Metric] = {}
+        runs = 10 if quick else 30  # whole processes: cheap, and noisy on a shared machine
+        groups: list[tuple[str, Callable[[], dict[str, Metric]]]] = [
+            ("W1", lambda: issue21.w1_startup(work, runs, metric)),
+            ("R1/R2", lambda: issue21.r1_r2_reflink(work, max(3, repeat // 3), metric)),
+        ]
         steps: list[tuple[str, Callable[[], Metric]]] = [
+            ("W2", lambda: issue21.w2_warm_process(work, inputs, runs, metric)),
+            ("W3", lambda: issue21.w3_full_process(work, inputs, runs, metric)),
             ("P1", lambda: scenarios.p1_warm_create(work, inputs, repeat, metric)),
             ("P2", lambda: scenarios.p2_cold_raw(work, inputs, max(3, repeat // 3), metric)),
             ("P3", lambda: scenarios.p3_cold_qcow2(work, inputs, max(3, repeat // 3), metric)),
@@ -117,10 +127,17 @@ def run(quick: bool) -> dict[str, Any]:
             ("P9", lambda: scenarios.p9_prune_planning(work, 2000 if quick else 10000, metric)),
             ("full_instance", lambda: scenarios.full_instance(work, inputs, repeat, metric)),
             ("oci_pull", lambda: oci.oci_pull(work, inputs.raw, max(3, repeat // 3), metric)),
+            ("X1", lambda: issue21.x1_overlay_writes(work, inputs, max(3, repeat // 3), metric)),
         ]
+        for key, group in groups[:1]:
+            print(f"bench: {key}...", file=sys.stderr, flush=True)
+            metrics.update(group())
         for key, step in steps:
             print(f"bench: {key}...", file=sys.stderr, flush=True)
             metrics[key] = step()
+        for key, group in groups[1:]:
+            print(f"bench: {key}...", file=sys.stderr, flush=True)
+            metrics.update(group())
         inputs.server.close()
         return {"machine": machine(), "mode": "quick" if quick else "full", "metrics": metrics}
     finally:

@@ -32,6 +32,13 @@ def qemu_info(path: Path, fmt: str) -> dict[str, Any]:
     return json.loads(out)  # type: ignore[no-any-return]
 
 
+def base_digest(path: Path) -> str:
+    """The digest a base's record keeps (vmdisk's tree digest, imagecache/digest.py)."""
+    from vmdisk.imagecache.digest import file_digest
+
+    return file_digest(path)
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

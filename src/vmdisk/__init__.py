@@ -3,11 +3,20 @@
 The public API is re-exported here: the whole error tree, and every type a caller passes to or
 receives from Host (tests/unit/test_public_api.py keeps the list complete); everything else is
 internal and may change.
+
+Imported lazily: `import vmdisk` (which every `vmdisk` command pays before it parses argv) loads
+only the error tree; any other name is imported on first use through `__getattr__` (PEP 562),
+so `vmdisk --version` does not pull in qemu, HTTP or ISO code. To export a new name, add it to
+`__all__`, to `_LAZY` under its module, and to the `TYPE_CHECKING` imports (for mypy); a name
+imported eagerly at the top also works, at the price of import time for every command.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vmdisk._version import __version__
-from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend, DiskState
-from vmdisk.boot import BootResult
 from vmdisk.errors import (
     BackendError,
     CacheEntryConflict,
@@ -16,6 +25,9 @@ from vmdisk.errors import (
     ChecksumMismatch,
     DiskMissing,
     FlavorDiskSmallerThanImage,
+    GuestError,
+    GuestTimeout,
+    HostKeyUnknown,
     ImageError,
     ImageFetchError,
     ImageInUse,
@@ -24,6 +36,8 @@ from vmdisk.errors import (
     ImageTooLarge,
     InstanceExists,
     InstanceNotFound,
+    InstanceNotRunning,
+    InstanceRunning,
     InsufficientSpace,
     InternalError,
     Interrupted,
@@ -31,6 +45,7 @@ from vmdisk.errors import (
     LockTimeout,
     NotSupported,
     PoolNotFound,
+    QmpError,
     RbdImageNotFound,
     RegistryError,
     SettingsError,
@@ -41,60 +56,177 @@ from vmdisk.errors import (
     UnsafeImage,
     VmdiskError,
 )
-from vmdisk.host import Host
-from vmdisk.imagecache.cleaner import Action, CleanupPlan, CleanupPolicy, CleanupResult, Decision
-from vmdisk.imagecache.entries import EntryKind
-from vmdisk.imagecache.glance import Glance
-from vmdisk.imagecache.http import HttpOptions
-from vmdisk.imagecache.listing import ImageRow
-from vmdisk.imagecache.manage import RefreshResult
-from vmdisk.imagecache.probe import Probe
-from vmdisk.imagecache.records import BaseRecord, Checksum
-from vmdisk.imagecache.registry import SourceRegistry
-from vmdisk.imagecache.request import ImageRequest, ResolvedImage
-from vmdisk.imagecache.sources import ImageSource, SourceFacts
-from vmdisk.imagecache.store import CachedImage
-from vmdisk.imagecache.verify import Verdict
-from vmdisk.instances import Instance
-from vmdisk.inventory import CacheEntry, CacheListing
-from vmdisk.libvirt.domain import DiskDevice, Domain, HostFacts
-from vmdisk.model import (
-    BackendName,
-    BlockSource,
-    BootOptions,
-    ConfigDriveSpec,
-    DiskPlan,
-    DiskRole,
-    DiskSource,
-    FileSource,
-    InstancePlan,
-    InstanceSpec,
-    NetworkAuth,
-    NetworkSource,
-    OsType,
-    ProvisionedDisk,
-)
-from vmdisk.netspec import Interface, InterfaceKind, parse_network
-from vmdisk.plan import plan_disks
-from vmdisk.progress import Progress
-from vmdisk.record import BootFile, DiskEntry, DriveInfo, InstanceRecord, RescueState
-from vmdisk.request import BuiltRequest, CreateOptions, Nic, build_spec
-from vmdisk.settings import (
-    ConfigDriveFormat,
-    Flavor,
-    GlanceSettings,
-    ImageCacheSettings,
-    ImagesType,
-    LibvirtSettings,
-    OciSettings,
-    PreallocateImages,
-    Settings,
-    VolumeClear,
-    load_settings,
-)
-from vmdisk.tools.runner import Runner
+
+if TYPE_CHECKING:
+    from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend, DiskState
+    from vmdisk.boot import BootResult
+    from vmdisk.host import Host
+    from vmdisk.imagecache.cleaner import (
+        Action,
+        CleanupPlan,
+        CleanupPolicy,
+        CleanupResult,
+        Decision,
+    )
+    from vmdisk.imagecache.entries import EntryKind
+    from vmdisk.imagecache.glance import Glance
+    from vmdisk.imagecache.listing import ImageRow
+    from vmdisk.imagecache.manage import RefreshResult
+    from vmdisk.imagecache.probe import Probe
+    from vmdisk.imagecache.records import BaseRecord, Checksum
+    from vmdisk.imagecache.registry import SourceRegistry
+    from vmdisk.imagecache.request import ImageRequest, ResolvedImage
+    from vmdisk.imagecache.sources import ImageSource, SourceFacts
+    from vmdisk.imagecache.store import CachedImage
+    from vmdisk.imagecache.urls import HttpOptions
+    from vmdisk.imagecache.verify import Verdict
+    from vmdisk.instances import Instance
+    from vmdisk.inventory import CacheEntry, CacheListing
+    from vmdisk.libvirt.domain import DiskDevice, Domain, HostFacts, NicDevice
+    from vmdisk.model import (
+        BackendName,
+        BlockSource,
+        BootOptions,
+        ConfigDriveSpec,
+        DiskPlan,
+        DiskRole,
+        DiskSource,
+        FileSource,
+        InstancePlan,
+        InstanceSpec,
+        NetworkAuth,
+        NetworkSource,
+        OsType,
+        ProvisionedDisk,
+    )
+    from vmdisk.netspec import Interface, InterfaceKind, parse_network
+    from vmdisk.plan import plan_disks
+    from vmdisk.progress import Progress
+    from vmdisk.record import BootFile, DiskEntry, DriveInfo, InstanceRecord, RescueState
+    from vmdisk.request import BuiltRequest, CreateOptions, Nic, build_spec
+    from vmdisk.runtime.guests import Guests, SshTarget, StartResult, StopResult, WaitResult
+    from vmdisk.runtime.state import RuntimeInfo, VmState, VmStatus
+    from vmdisk.settings import (
+        ConfigDriveFormat,
+        Flavor,
+        GlanceSettings,
+        ImageCacheSettings,
+        ImagesType,
+        LibvirtSettings,
+        OciSettings,
+        PreallocateImages,
+        Settings,
+        VolumeClear,
+        load_settings,
+    )
+    from vmdisk.tools.runner import CommandResult, Runner
+
+# Module -> the public names it defines; resolved on first attribute access.
+_LAZY: dict[str, tuple[str, ...]] = {
+    "vmdisk.backends": ("BackendDeps", "BackendInfo", "DiskBackend", "DiskState"),
+    "vmdisk.boot": ("BootResult",),
+    "vmdisk.host": ("Host",),
+    "vmdisk.imagecache.cleaner": (
+        "Action",
+        "CleanupPlan",
+        "CleanupPolicy",
+        "CleanupResult",
+        "Decision",
+    ),
+    "vmdisk.imagecache.entries": ("EntryKind",),
+    "vmdisk.imagecache.glance": ("Glance",),
+    "vmdisk.imagecache.urls": ("HttpOptions",),
+    "vmdisk.imagecache.listing": ("ImageRow",),
+    "vmdisk.imagecache.manage": ("RefreshResult",),
+    "vmdisk.imagecache.probe": ("Probe",),
+    "vmdisk.imagecache.records": ("BaseRecord", "Checksum"),
+    "vmdisk.imagecache.registry": ("SourceRegistry",),
+    "vmdisk.imagecache.request": ("ImageRequest", "ResolvedImage"),
+    "vmdisk.imagecache.sources": ("ImageSource", "SourceFacts"),
+    "vmdisk.imagecache.store": ("CachedImage",),
+    "vmdisk.imagecache.verify": ("Verdict",),
+    "vmdisk.instances": ("Instance",),
+    "vmdisk.inventory": ("CacheEntry", "CacheListing"),
+    "vmdisk.libvirt.domain": ("DiskDevice", "Domain", "HostFacts", "NicDevice"),
+    "vmdisk.model": (
+        "BackendName",
+        "BlockSource",
+        "BootOptions",
+        "ConfigDriveSpec",
+        "DiskPlan",
+        "DiskRole",
+        "DiskSource",
+        "FileSource",
+        "InstancePlan",
+        "InstanceSpec",
+        "NetworkAuth",
+        "NetworkSource",
+        "OsType",
+        "ProvisionedDisk",
+    ),
+    "vmdisk.netspec": ("Interface", "InterfaceKind", "parse_network"),
+    "vmdisk.plan": ("plan_disks",),
+    "vmdisk.progress": ("Progress",),
+    "vmdisk.record": ("BootFile", "DiskEntry", "DriveInfo", "InstanceRecord", "RescueState"),
+    "vmdisk.request": ("BuiltRequest", "CreateOptions", "Nic", "build_spec"),
+    "vmdisk.runtime.guests": ("Guests", "SshTarget", "StartResult", "StopResult", "WaitResult"),
+    "vmdisk.runtime.state": ("RuntimeInfo", "VmState", "VmStatus"),
+    "vmdisk.settings": (
+        "ConfigDriveFormat",
+        "Flavor",
+        "GlanceSettings",
+        "ImageCacheSettings",
+        "ImagesType",
+        "LibvirtSettings",
+        "OciSettings",
+        "PreallocateImages",
+        "Settings",
+        "VolumeClear",
+        "load_settings",
+    ),
+    "vmdisk.tools.runner": ("CommandResult", "Runner"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vmdisk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
+    "OciSettings",
+    "RegistryError",
+    "CacheEntryConflict",
+    "HttpOptions",
+    "ImageInUse",
+    "ImageRow",
+    "Probe",
+    "RefreshResult",
+    "CommandResult",
+    "GuestError",
+    "GuestTimeout",
+    "Guests",
+    "HostKeyUnknown",
+    "InstanceNotRunning",
+    "InstanceRunning",
+    "NicDevice",
+    "QmpError",
+    "RuntimeInfo",
+    "SshTarget",
+    "StartResult",
+    "StopResult",
+    "VmState",
+    "VmStatus",
+    "WaitResult",
     "Action",
     "BackendDeps",
     "BackendError",
@@ -160,7 +292,6 @@ __all__ = [
     "Interrupted",
     "InvalidRequest",
     "LibvirtSettings",
-    "OciSettings",
     "LockTimeout",
     "NetworkAuth",
     "NetworkSource",
@@ -172,7 +303,6 @@ __all__ = [
     "Progress",
     "ProvisionedDisk",
     "RbdImageNotFound",
-    "RegistryError",
     "RescueState",
     "ResolvedImage",
     "Runner",
@@ -193,51 +323,4 @@ __all__ = [
     "parse_network",
     "plan_disks",
     "__version__",
-    # issue 16
-    "CacheEntryConflict",
-    "HttpOptions",
-    # the image plane (images helper)
-    "ImageInUse",
-    "ImageRow",
-    "Probe",
-    "RefreshResult",
-]
-
-# Running guests (issue 18): start, stop, status, ssh.
-from vmdisk.errors import (
-    GuestError,
-    GuestTimeout,
-    HostKeyUnknown,
-    InstanceNotRunning,
-    InstanceRunning,
-    QmpError,
-)
-from vmdisk.libvirt.domain import NicDevice
-from vmdisk.runtime.guests import (
-    Guests,
-    SshTarget,
-    StartResult,
-    StopResult,
-    WaitResult,
-)
-from vmdisk.runtime.state import RuntimeInfo, VmState, VmStatus
-from vmdisk.tools.runner import CommandResult
-
-__all__ += [
-    "CommandResult",
-    "GuestError",
-    "GuestTimeout",
-    "Guests",
-    "HostKeyUnknown",
-    "InstanceNotRunning",
-    "InstanceRunning",
-    "NicDevice",
-    "QmpError",
-    "RuntimeInfo",
-    "SshTarget",
-    "StartResult",
-    "StopResult",
-    "VmState",
-    "VmStatus",
-    "WaitResult",
 ]

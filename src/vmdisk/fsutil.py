@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -44,20 +43,36 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` through a temporary name, fsync, and rename."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, sync: bool = True) -> None:
+    """Write `data` to `path` through a temporary name, fsync, and rename.
+
+    sync=False leaves both fsyncs to a later `sync_file(path)`: for a caller holding a lock
+    other processes wait on, which should not make them wait for the disk too.
+    """
     tmp = temp_name(path)
     fd = open_exclusive(tmp, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    if sync:
+        fsync_dir(path.parent)
+
+
+def sync_file(path: Path) -> None:
+    """Make a file written with write_atomic(sync=False) durable: its data, then its name."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)
 
 
@@ -185,6 +200,8 @@ def preallocate(path: Path, size: int) -> None:
 
 
 def _fallocate_keep_size(fd: int, size: int) -> None:
+    import ctypes  # here, not at the top: ctypes costs every command ~5 ms to import
+
     # The already-loaded C library: find_library("c") would run ldconfig on every call.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
@@ -193,19 +210,35 @@ def _fallocate_keep_size(fd: int, size: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def reflink(src_fd: int, dst_fd: int) -> bool:
+    """Make dst share src's extents (FICLONE: XFS with reflink=1, btrfs): milliseconds for
+    any size, no space used until either side is written. False where the file system cannot
+    (ext4: EOPNOTSUPP; across file systems: EXDEV); any other error is raised."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return True
+    except OSError as exc:
+        if exc.errno in _NO_REFLINK:
+            return False
+        raise
+
+
+_NO_REFLINK = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
+)
+
+
 def copy_sparse(src: Path, dst: Path) -> str:
-    """Copy src to a new file dst: a reflink where the file system can, else only data extents.
+    """Copy src to a new file dst: a reflink where the file system can, else only data extents
+    with copy_file_range (in the kernel; no copy through user space).
 
     Returns "reflink" or "sparse" so callers can report what happened.
     """
     with open(src, "rb") as fin:
         fd = open_exclusive(dst, 0o644)
         try:
-            try:
-                fcntl.ioctl(fd, FICLONE, fin.fileno())
+            if reflink(fin.fileno(), fd):
                 return "reflink"
-            except OSError:
-                pass
             size = os.fstat(fin.fileno()).st_size
             _copy_extents(fin.fileno(), fd, size)
             os.ftruncate(fd, size)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vmdisk import diskinfo
 from vmdisk.errors import InstanceExists, InstanceNotFound, InvalidRequest, VmdiskError
-from vmdisk.fsutil import ensure_real_dir, fsync_dir, write_atomic
+from vmdisk.fsutil import ensure_real_dir, fsync_dir, sync_file, write_atomic
 from vmdisk.locks import Locks
 from vmdisk.model import NAME_RE
 from vmdisk.record import InstanceRecord, decode
@@ -129,6 +129,9 @@ class InstanceStore:
                 (build / ".name").write_text(name)
                 (build / BASES_MARKER).write_text("\n".join(sorted(set(bases))) + "\n")
             try:
+                # The name's fsyncs wait for the disk: outside NAMES_LOCK, so concurrent
+                # creates do not queue behind each other's (still before publish).
+                sync_file(self.root / NAMES_DIR / name)
                 yield build
             except BaseException:
                 shutil.rmtree(build, ignore_errors=True)
@@ -150,7 +153,7 @@ class InstanceStore:
         owner = self._uuid_of(name)
         if owner is not None and self._alive(owner):
             raise InstanceExists(f"an instance named {name!r} exists ({owner})", reason="exists")
-        write_atomic(names / name, uuid.encode())
+        write_atomic(names / name, uuid.encode(), sync=False)  # reserve() syncs it, unlocked
 
     def name_owner(self, name: str) -> str | None:
         """The uuid the name index gives for `name` (None: no entry)."""

@@ -196,6 +196,8 @@ class LibvirtSettings:
     inject_partition: int = _kind("int", -2)
     inject_key: bool = _kind("bool", False)
     inject_password: bool = _kind("bool", False)
+    # vmdisk's own (issue 21): overlays with 4 KiB subclusters; qemu < 5.2 cannot open them.
+    qcow2_extended_l2: bool = _kind("bool", True)
 
     def __post_init__(self) -> None:
         _parse_strings(self, "[libvirt] ")

@@ -24,6 +24,7 @@ from tests.images import (
 )
 from vmdisk.errors import ImageRefused, ImageTooLarge, UnsafeImage
 from vmdisk.host import Host
+from vmdisk.imagecache.digest import file_digest
 from vmdisk.imagecache.records import Checksum, read_record
 from vmdisk.imagecache.store import ImageRequest
 from vmdisk.settings import Settings
@@ -288,8 +289,9 @@ def test_benign_formats_become_raw_bases(case: str, tmp_path: Path, host: Host) 
     assert sha256(cached.path) == sha256(expected)
     record = read_record(cached.path)
     assert record is not None
-    assert (record.detected_format, record.format, record.sha256) == (fmt, "raw", sha256(expected))
-    assert record.sha256_download == sha256(source)
+    assert (record.detected_format, record.format) == (fmt, "raw")
+    assert record.sha256 == file_digest(expected)  # digest.py: holes cost nothing
+    assert record.sha256_download == file_digest(source)
     assert cached.path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in host.settings.base_dir.iterdir()] == sorted(
         [cached.name, cached.name + ".info"]

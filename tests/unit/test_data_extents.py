@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from vmdisk.fsutil import copy_sparse, data_extents
+from vmdisk.imagecache.digest import TreeDigest, plain_sha256
 from vmdisk.imagecache.intake import hash_sparse_file
 from vmdisk.imagecache.sources import LocalFileSource
 
@@ -41,7 +42,10 @@ def test_extents_cover_every_written_byte_and_stay_in_range(tmp_path: Path) -> N
 def test_hash_copy_and_stream_agree_with_a_plain_read(tmp_path: Path) -> None:
     path = sparse(tmp_path / "s.raw")
     plain = path.read_bytes()
-    assert hash_sparse_file(path) == hashlib.sha256(plain).hexdigest()
+    streamed = TreeDigest()
+    streamed.update(plain)
+    assert hash_sparse_file(path) == streamed.hexdigest()
+    assert plain_sha256(path) == hashlib.sha256(plain).hexdigest()
     copy_sparse(path, tmp_path / "copy.raw")
     assert (tmp_path / "copy.raw").read_bytes() == plain
     opened = LocalFileSource(path).open(MiB + 1)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 
 from vmdisk.errors import ImageFetchError, InvalidRequest
-from vmdisk.imagecache.http import parse_http_url
 from vmdisk.imagecache.netguard import AddressClass, classify, hop_allowed, parse_address
 from vmdisk.imagecache.sources import (
     HttpSource,
@@ -12,6 +11,7 @@ from vmdisk.imagecache.sources import (
     open_source,
     redact_url,
 )
+from vmdisk.imagecache.urls import parse_http_url
 
 #: A FAKE resolver: no name here resolves to a public address, so the test names its answers.
 ADDRESSES = {

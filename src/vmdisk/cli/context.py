@@ -1,17 +1,24 @@
-"""Per-invocation CLI state: global flags, and Settings and Host built once, lazily."""
+"""Per-invocation CLI state: global flags, and Settings and Host built once, lazily.
+
+Host and Settings are imported when first asked for, not at import time: a command that needs
+neither (--version, --help) must not pay for them.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from vmdisk.cli.output import Output
 from vmdisk.errors import InternalError
-from vmdisk.host import Host
-from vmdisk.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from vmdisk.cli.output import Output
+    from vmdisk.host import Host
+    from vmdisk.settings import Settings
 
 
 @dataclass
@@ -28,6 +35,8 @@ class AppContext:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from vmdisk.settings import load_settings
+
             overrides = {
                 "instances_path": str(self.instances_path) if self.instances_path else None
             }
@@ -37,6 +46,8 @@ class AppContext:
     @property
     def host(self) -> Host:
         if self._host is None:
+            from vmdisk.host import Host
+
             self._host = Host(self.settings, progress=self.output.progress())
         return self._host
 

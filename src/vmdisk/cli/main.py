@@ -3,10 +3,22 @@
 Exit codes: 0 success, 1 vmdisk error, 2 usage, 3 settings, 4 image refused, 130 interrupted.
 A bug (InternalError, or any exception outside the tree) is exit 1 and one line, never a usage
 error; -v adds the traceback.
+
+Commands are loaded lazily: `vmdisk --version`, `--help` and each command import only the module
+that defines the command they run (startup is most of a short command's time; bench W1). Each
+command module keeps a `register(cli)` that adds its commands; `COMMANDS` below maps every
+top-level command name to that module and its one-line summary, so `--help` lists them without
+importing anything. Adding a command is one line in `COMMANDS`, e.g.
+
+    "doctor": ("vmdisk.cli.doctor", "Check this host's tools and settings."),
+
+(tests/unit/test_cli_startup.py fails if a registered command is missing from the table or its
+summary differs from the command's docstring.)
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import signal
@@ -21,13 +33,126 @@ import click
 
 from vmdisk._version import __version__
 from vmdisk.cli.context import AppContext
-from vmdisk.cli.output import Output
 from vmdisk.errors import InternalError, Interrupted, VmdiskError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+# Top-level command -> (module whose register(cli) adds it, summary shown by --help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "boot": (
+        "vmdisk.cli.boot",
+        "Smoke-test the instance: boot it (TCG unless KVM works), follow its console, stop it.",
+    ),
+    "cache": ("vmdisk.cli.images", "Inspect and prune the _base cache."),
+    "clone": (
+        "vmdisk.cli.images",
+        "A new instance NEW whose disks start as NAME's: new uuid, MAC and config drive.",
+    ),
+    "console": (
+        "vmdisk.cli.vm",
+        "Attach to the serial console (Ctrl-] leaves), or --follow its log.",
+    ),
+    "create": (
+        "vmdisk.cli.instances",
+        "Create instance NAME: cache the image, then make its disks and directory.",
+    ),
+    "delete": ("vmdisk.cli.instances", "Delete an instance directory (never anything in _base)."),
+    "doctor": (
+        "vmdisk.cli.doctor",
+        "Report stale locks, build and .deleting-* directories, name entries, old temporaries.",
+    ),
+    "image": (
+        "vmdisk.cli.images",
+        "Fetch, list, name, refresh and remove the images in the _base cache.",
+    ),
+    "ip": (
+        "vmdisk.cli.vm",
+        "The guest's address: its DHCP lease (libvirt), or 127.0.0.1 and the forwarded port.",
+    ),
+    "list": ("vmdisk.cli.instances", "List instances on this host."),
+    "rescue": (
+        "vmdisk.cli.instances",
+        "Create disk.rescue (and kernel.rescue/ramdisk.rescue); the instance's disk is untouched.",
+    ),
+    "resize": ("vmdisk.cli.instances", "Grow the root (and ephemeral) disk."),
+    "show": (
+        "vmdisk.cli.instances",
+        "Show an instance and its disks (format, sizes, backing file).",
+    ),
+    "snapshot": (
+        "vmdisk.cli.images",
+        "Turn instance NAME's root disk into a new raw image in _base (refused while it runs); "
+        "`vmdisk create --image IMAGE_ID` then uses it.",
+    ),
+    "ssh": (
+        "vmdisk.cli.vm",
+        "ssh into the guest (`vmdisk ssh NAME -- CMD ...`), checking the host key it printed.",
+    ),
+    "start": (
+        "vmdisk.cli.vm",
+        "Start the instance's guest, detached (its disks stay where create made them).",
+    ),
+    "status": (
+        "vmdisk.cli.vm",
+        "running, paused, stopped, crashed (or unknown when libvirt does not answer).",
+    ),
+    "stop": (
+        "vmdisk.cli.vm",
+        "Stop the guest: ACPI power button, wait, and destroy only after --timeout or --force.",
+    ),
+    "unrescue": ("vmdisk.cli.instances", "Remove disk.rescue and leave rescue mode."),
+    "wait": ("vmdisk.cli.vm", "Wait until the guest answers ssh."),
+    "xml": ("vmdisk.cli.boot", "Print the instance's libvirt domain XML."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Modules whose register(cli) adds options to commands of the modules listed (oci:// flags).
+AUGMENTS: dict[str, tuple[str, ...]] = {
+    "vmdisk.cli.oci": ("vmdisk.cli.images", "vmdisk.cli.instances"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is looked up to run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: set[str] = set()
+
+    def load(self, module: str) -> None:
+        if module not in self._loaded:
+            self._loaded.add(module)
+            importlib.import_module(module).register(self)
+            for extra, targets in AUGMENTS.items():
+                if module in targets:  # register() is idempotent: run it after each target
+                    importlib.import_module(extra).register(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.load(COMMANDS[cmd_name][0])
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from COMMANDS' summaries, importing no command module."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            cmd = self.commands.get(name) or click.Command(name, help=COMMANDS[name][1])
+            if not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML settings file."
 )
@@ -48,6 +173,8 @@ def cli(
     verbose: int,
 ) -> None:
     """Build a VM's disks the way Nova's libvirt driver does: cache, overlays, config drive."""
+    from vmdisk.cli.output import Output
+
     if instances_path is not None:
         instances_path = instances_path.absolute()
     ctx.obj = AppContext(config, instances_path, Output(json_mode), verbose)
@@ -55,19 +182,6 @@ def cli(
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-
-
-def _register() -> None:
-    from vmdisk.cli import boot, images, instances, oci, vm
-
-    images.register(cli)
-    instances.register(cli)
-    boot.register(cli)
-    vm.register(cli)
-    from vmdisk.cli import doctor
-
-    doctor.register(cli)
-    oci.register(cli)  # after the others: it adds flags to their pulling commands
 
 
 def _report(error: dict[str, Any], json_mode: bool, hint: str | None = None) -> None:
@@ -133,8 +247,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         return _report_internal(exc, json_mode, verbose)
 
-
-_register()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,8 +21,6 @@ from vmdisk.cli.images import image_group
 from vmdisk.errors import ImageNotFound
 from vmdisk.host import Host
 from vmdisk.imagecache.oci import Reference, host_platform
-from vmdisk.imagecache.oci_push import push_base
-from vmdisk.imagecache.oci_source import registry_client
 from vmdisk.imagecache.records import cache_name
 from vmdisk.imagecache.store import CachedImage
 
@@ -97,6 +95,9 @@ def push(ctx: click.Context, image: str, target: str) -> None:
     TARGET is oci://REGISTRY/REPO:TAG. Prints the manifest digest; blobs the registry already
     has are not uploaded again.
     """
+    from vmdisk.imagecache.oci_push import push_base  # requests: only a push pays for it
+    from vmdisk.imagecache.oci_source import registry_client
+
     a = app(ctx)
     ref = Reference.parse(target)
     settings = a.settings

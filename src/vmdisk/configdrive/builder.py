@@ -9,15 +9,20 @@ import io
 import os
 import tempfile
 from pathlib import Path
-
-import pycdlib
+from typing import TYPE_CHECKING
 
 from vmdisk.configdrive.metadata import Identity, config_drive_files, nocloud_files
 from vmdisk.errors import InvalidRequest
 from vmdisk.fsutil import open_exclusive
+from vmdisk.lazy import LazyModule
 from vmdisk.model import ConfigDriveSpec, DiskRole, InstancePlan
 from vmdisk.tools.runner import Runner
 from vmdisk.units import MiB
+
+if TYPE_CHECKING:
+    import pycdlib
+else:  # imported when an ISO drive is written (vmdisk/lazy.py)
+    pycdlib = LazyModule("pycdlib")
 
 VFAT_SIZE = 64 * MiB
 VFAT_PAYLOAD_MAX = 60 * MiB  # leave room for the FATs and directories

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
-
-import requests
-import urllib3
+from typing import TYPE_CHECKING, Any
 
 from vmdisk.errors import (
     ImageFetchError,
@@ -20,9 +17,20 @@ from vmdisk.errors import (
     SettingsError,
     UnsafeImage,
 )
-from vmdisk.imagecache.http import HttpClient, HttpOptions, TransientFetchError, check_url
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.sources import HttpSource, Opened, SourceFacts, redact_url
+from vmdisk.imagecache.urls import HttpOptions, TransientFetchError, check_url
+from vmdisk.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import requests
+    import urllib3
+
+    from vmdisk.imagecache import http
+    from vmdisk.imagecache.http import HttpClient
+else:  # imported by the first Glance request, not by every command (vmdisk/lazy.py)
+    requests, urllib3 = LazyModule("requests"), LazyModule("urllib3")
+    http = LazyModule("vmdisk.imagecache.http")
 
 SCHEME = "glance://"
 #: An image's metadata is a few KiB; a bigger answer is not Glance's.
@@ -93,7 +101,7 @@ class Glance:
             self.credentials["X-Project-Id"] = project
             self.credentials["X-Tenant-Id"] = project
         if client is None:  # timeout: the stall timeout of a client of our own
-            client = HttpClient(
+            client = http.HttpClient(
                 HttpOptions() if timeout is None else HttpOptions(stall_timeout=timeout)
             )
         self.client = client

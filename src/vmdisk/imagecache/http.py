@@ -10,152 +10,40 @@ finish its headers within `header_timeout`, however slowly it drips them.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import re
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.adapters
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from vmdisk.credentials import strip_credentials
-from vmdisk.errors import ImageFetchError, InvalidRequest
+from vmdisk.errors import ImageFetchError
 from vmdisk.imagecache.netguard import (
     AddressClass,
     Resolver,
     classify,
     hop_allowed,
-    host_class,
     parse_address,
-    refused_addresses,
     system_resolver,
 )
-
-Classifier = Callable[[str], AddressClass]
-
-
-class TransientFetchError(Exception):
-    """A cut connection or stall: the caller may resume from where it got to."""
-
-
-@dataclass(frozen=True, slots=True)
-class HttpOptions:
-    """What the client is told by the settings ([image_cache] download_*, [glance] cafile)."""
-
-    connect_timeout: float = 10.0
-    stall_timeout: float = 30.0  # no byte for this long: the read is cut (then resumed)
-    header_timeout: float = 60.0  # status line and headers complete within this, overall
-    max_redirects: int = 5
-    trust_env: bool = False  # honour HTTP(S)_PROXY, NO_PROXY, .netrc, REQUESTS_CA_BUNDLE
-    ca_file: str | None = None  # CA bundle for https; None is the system's (certifi)
-
-
-# --- URLs -----------------------------------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """The URL without its user:password or secret-looking query values (signed URLs, tokens);
-    never raises, whatever the text is."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc = rest[:end]
-    if "@" in netloc:
-        url = f"{scheme}://****@{netloc.rpartition('@')[2]}{rest[end:]}"
-    try:
-        return strip_credentials(url)
-    except ValueError:
-        return url
-
-
-def parse_http_url(text: str) -> SplitResult:
-    """An http(s) URL whose host and port are well formed; ValueError saying what is wrong."""
-    try:
-        parts = urlsplit(text)
-        host, _ = parts.hostname, parts.port  # both raise ValueError on a malformed netloc
-    except ValueError as exc:
-        text_of = str(exc)
-        if "Port" in text_of:  # urllib quotes the port text after " as ": leave it out
-            raise ValueError(text_of.split(" as ", 1)[0].lower()) from None
-        raise ValueError("bad IPv6 literal") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError(f"unsupported scheme {parts.scheme or 'none'!r}")
-    if not host:
-        raise ValueError("no host")
-    if any(ch.isspace() or ord(ch) < 0x20 for ch in text):
-        raise ValueError("whitespace or control characters")
-    if "[" in parts.netloc and parse_address(host) is None:
-        raise ValueError("bad IPv6 literal")
-    return parts
-
-
-def check_url(text: str) -> SplitResult:
-    """parse_http_url for what a user typed: InvalidRequest (exit 2) naming the fault."""
-    try:
-        return parse_http_url(text)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"not a valid URL ({exc}): {redact_url(text)}",
-            hint="use http(s)://HOST[:PORT]/PATH, IPv6 addresses in brackets",
-            reason="bad-url",
-        ) from None
-
-
-def origin_of(parts: SplitResult) -> tuple[str, str, int]:
-    """(scheme, host, port): credentials are sent only where this stays the same."""
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
-
-
-def check_redirect(
-    source: str,
-    target: str,
-    resolve: Resolver = system_resolver,
-    *,
-    origin: AddressClass | None = None,
-    classify_address: Classifier = classify,
-) -> None:
-    """Refuse a redirect that leaves http(s), downgrades https, or turns inward.
-
-    `origin` is the class of the server that sent the redirect (from its connection); without
-    it the source's name is classified. This is the early check on names; the connection
-    check in `_Guard.connect` is the one DNS cannot fool.
-    """
-    src = urlsplit(source)
-    try:
-        dst = parse_http_url(target)
-    except ValueError as exc:
-        raise ImageFetchError(
-            f"refused redirect to {redact_url(target)}: {exc}", reason="redirect-refused"
-        ) from None
-    if src.scheme == "https" and dst.scheme == "http":
-        raise ImageFetchError(
-            f"refused redirect from https to http ({redact_url(target)})", reason="redirect-refused"
-        )
-    src_host, dst_host = _shown_host(src.hostname or ""), _shown_host(dst.hostname or "")
-    if origin is None:
-        origin = host_class(src.hostname or "", resolve, classify_address)
-    refused = refused_addresses(origin, dst.hostname or "", resolve, classify_address)
-    if refused:
-        raise ImageFetchError(
-            f"refused redirect from {src_host} to {dst_host}: "
-            f"{refused[0]} is a {classify_address(refused[0])} address",
-            reason="redirect-refused",
-        )
-
-
-def _shown_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
+from vmdisk.imagecache.urls import (
+    Classifier,
+    HttpOptions,
+    TransientFetchError,
+    check_redirect,
+    origin_of,
+    redact_url,
+    shown_host,
+    shutdown,
+)
 
 # --- connections ----------------------------------------------------------------------------
 
@@ -177,7 +65,7 @@ class _Guard:
         cls = self.classify(address)
         came = self.allowed_from or AddressClass.PUBLIC
         return ImageFetchError(
-            f"refused to connect to {_shown_host(host)} ({address} is a {cls} address, "
+            f"refused to connect to {shown_host(host)} ({address} is a {cls} address, "
             f"reached from a {came} one)",
             reason="redirect-refused" if self.redirect else "address-refused",
         )
@@ -231,13 +119,6 @@ def _dial(address: str, port: int, timeout: float, options: Any) -> socket.socke
         sock.close()
         raise
     return sock
-
-
-def shutdown(sock: socket.socket | None) -> None:
-    """Unblock a read on `sock` in another thread (close() alone would not)."""
-    if sock is not None:
-        with contextlib.suppress(OSError, ValueError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the fd's, under an SSLSocket too
 
 
 class _GuardedMixin:
@@ -476,14 +357,3 @@ def _first_arg_exception(exc: BaseException) -> BaseException | None:
         if isinstance(inner, BaseException):
             return inner
     return None
-
-
-def unsplit_without_credentials(parts: SplitResult) -> str:
-    """scheme://host[:port]/path?query, userinfo and fragment dropped (the default image id)."""
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}.get(scheme)
-    port = f":{parts.port}" if parts.port and parts.port != default else ""
-    return urlunsplit((scheme, host + port, parts.path or "/", parts.query, ""))

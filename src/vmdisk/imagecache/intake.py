@@ -20,7 +20,6 @@ from pathlib import Path
 
 from vmdisk.errors import ChecksumMismatch, ImageFetchError, ToolLimitExceeded, VmdiskError
 from vmdisk.fsutil import (
-    data_extents,
     direct_io_supported,
     fsync_dir,
     open_exclusive,
@@ -31,11 +30,12 @@ from vmdisk.fsutil import (
 )
 from vmdisk.imagecache import inspect
 from vmdisk.imagecache.bounds import Bounds, DownloadPolicy, Watchdog
+from vmdisk.imagecache.digest import TreeDigest, file_digest
 from vmdisk.imagecache.inspect import confirm_with_qemu
 from vmdisk.imagecache.pins import flavor_too_small
 from vmdisk.imagecache.records import BaseRecord, Checksum, write_record
 from vmdisk.imagecache.request import ResolvedImage
-from vmdisk.imagecache.sources import ImageSource, Opened, TransientFetchError
+from vmdisk.imagecache.sources import ImageSource, LocalFileSource, Opened, TransientFetchError
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.tools.qemu_img import ImageInfo, QemuImg
 from vmdisk.tools.runner import Limits
@@ -43,6 +43,7 @@ from vmdisk.units import GiB
 
 BLOCK = 4096
 _ZERO = bytes(1024 * 1024)
+_ZERO_BLOCK = _ZERO[:BLOCK]
 MAX_RESUMES = 5
 #: What force_raw_images = false keeps as it came. Every backend can put a qcow2 overlay on (or
 #: copy and grow) raw and qcow2; vmdk, vhdx and vpc cannot be grown by `qemu-img resize`, so
@@ -63,14 +64,17 @@ class _Prepared:
 
 
 class _Hasher:
-    """sha256 (and the checksum's own algorithm) on a thread of its own.
+    """The download's digests, on a thread of its own.
 
+    Always the tree digest (digest.py: what the record keeps, zero leaves free); the user's
+    checksum algorithm over every byte only when a checksum was given, so it stays exact.
     hashlib releases the GIL for large updates, so hashing runs beside the writes instead of
     after them; the bounded queue keeps memory flat however large the image.
     """
 
     def __init__(self, extra: str | None) -> None:
-        self.sha256 = hashlib.sha256()
+        self.tree = TreeDigest()
+        self.result = _Digest(self.tree)  # a new hasher (a restarted download) has a new one
         self.extra = hashlib.new(extra) if extra else None
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,7 +82,7 @@ class _Hasher:
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not None:
-            self.sha256.update(chunk)
+            self.tree.update(chunk)
             if self.extra is not None:
                 self.extra.update(chunk)
 
@@ -91,21 +95,35 @@ class _Hasher:
             self._thread.join()
 
 
+class _Digest:
+    """The tree digest of the download, read once (hexdigest() may be asked several times)."""
+
+    def __init__(self, tree: TreeDigest) -> None:
+        self._tree = tree
+        self._hex: str | None = None
+
+    def hexdigest(self) -> str:
+        if self._hex is None:
+            self._hex = self._tree.hexdigest()
+        return self._hex
+
+
 class _Sink:
     """Where downloaded bytes go: hashed, inspected and written sparsely, in one pass."""
 
-    def __init__(self, fd: int, checksum: Checksum | None) -> None:
+    def __init__(self, fd: int, checksum: Checksum | None, *, write: bool = True) -> None:
         self.fd = fd
-        wanted = checksum.algorithm if checksum and checksum.algorithm != "sha256" else None
-        self._wanted = wanted
-        self.hasher = _Hasher(wanted)
+        self.writes = write  # False: the file already holds the bytes (a reflinked clone)
+        self._wanted = checksum.algorithm if checksum else None
+        self.hasher = _Hasher(self._wanted)
         self.inspector = inspect.StreamInspector()
         self.offset = 0
 
     def write(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
         self.inspector.feed(chunk)
-        _write_sparse(self.fd, chunk, self.offset)
+        if self.writes:
+            _write_sparse(self.fd, chunk, self.offset)
         self.offset += len(chunk)
 
     def close(self) -> None:
@@ -120,13 +138,23 @@ class _Sink:
         self.offset = 0
 
     @property
-    def sha256(self) -> hashlib._Hash:
-        return self.hasher.sha256
+    def sha256(self) -> _Digest:
+        """The download's digest as records keep it (digest.TAG), for the base and the record."""
+        return self.hasher.result
 
     def digest(self, algorithm: str) -> str:
-        if algorithm == "sha256" or self.hasher.extra is None:
-            return self.hasher.sha256.hexdigest()
+        """The user's checksum algorithm over every byte of the download (exact)."""
+        if self.hasher.extra is None or self.hasher.extra.name != algorithm:
+            raise VmdiskError(f"no {algorithm} was computed for this download")
         return self.hasher.extra.hexdigest()
+
+
+def _cloned(source: ImageSource, fd: int, part: Path) -> tuple[ImageSource, bool]:
+    """A local file on the same reflink file system is cloned into `.part` (no bytes copied)
+    and the clone is what gets hashed and inspected; anything else streams as before."""
+    if isinstance(source, LocalFileSource) and source.clone_into(fd):
+        return LocalFileSource(part), True
+    return source, False
 
 
 def _write_sparse(fd: int, chunk: bytes, offset: int) -> None:
@@ -136,7 +164,10 @@ def _write_sparse(fd: int, chunk: bytes, offset: int) -> None:
     view = memoryview(chunk)
     start = None
     for pos in range(0, len(chunk), BLOCK):
-        zero = view[pos : pos + BLOCK] == _ZERO[: min(BLOCK, len(chunk) - pos)]
+        # startswith at an offset is a memcmp in place; comparing memoryview slices is
+        # element by element, milliseconds per MiB of zero blocks.
+        block = _ZERO_BLOCK if len(chunk) - pos >= BLOCK else _ZERO[: len(chunk) - pos]
+        zero = chunk.startswith(block, pos)
         if zero and start is not None:
             os.pwrite(fd, view[start:pos], offset + start)
             start = None
@@ -147,32 +178,8 @@ def _write_sparse(fd: int, chunk: bytes, offset: int) -> None:
 
 
 def hash_sparse_file(path: Path) -> str:
-    """sha256 of a file, reading only its data extents and hashing holes as zeros."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        fd = fh.fileno()
-        size = os.fstat(fd).st_size
-        pos = 0
-        for data, hole in data_extents(fd, 0, size):
-            _hash_zeros(digest, data - pos)
-            fh.seek(data)
-            remaining = hole - data
-            while remaining:
-                block = fh.read(min(remaining, len(_ZERO)))
-                if not block:
-                    break
-                digest.update(block)
-                remaining -= len(block)
-            pos = hole
-        _hash_zeros(digest, size - pos)
-    return digest.hexdigest()
-
-
-def _hash_zeros(digest: hashlib._Hash, n: int) -> None:
-    while n > 0:
-        step = min(n, len(_ZERO))
-        digest.update(_ZERO[:step])
-        n -= step
+    """The record's digest of a base file (digest.py): only the leaves holding data are read."""
+    return file_digest(path)
 
 
 #: CPU seconds a conversion may use per GiB of the file really downloaded, and in all.
@@ -188,11 +195,12 @@ def convert_cpu_limit(base: int | None, file_size: int) -> int:
 
 
 def _download_digests(sink: _Sink, checksum: Checksum | None) -> dict[str, str]:
-    """What a later cache hit can be pinned against without reading the download again."""
-    digests = {"sha256": sink.sha256.hexdigest()}
-    if checksum is not None:
-        digests[checksum.algorithm] = sink.digest(checksum.algorithm)
-    return digests
+    """What a later cache hit can be pinned against without reading the download again: the
+    user's own algorithm over every byte. The record's tree digest (digest.TAG) is no
+    user checksum, so a hit pinned with an algorithm not computed here is unverifiable."""
+    if checksum is None:
+        return {}
+    return {checksum.algorithm: sink.digest(checksum.algorithm)}
 
 
 @contextlib.contextmanager
@@ -302,7 +310,8 @@ class Intake:
 
     def _download(self, request: ResolvedImage, part: Path, root_size: int | None) -> _Sink:
         fd = open_exclusive(part, 0o644)
-        sink = _Sink(fd, request.checksum)
+        source, cloned = _cloned(request.source, fd, part)
+        sink = _Sink(fd, request.checksum, write=not cloned)
         bounds = Bounds(
             self.base_dir,
             f"the download of {request.source.display}",
@@ -315,7 +324,7 @@ class Intake:
             bounds.decide("raw", None)  # its bytes are its size from the first one
         watchdog = Watchdog(self.download, bounds.what)
         try:
-            self._stream_into(request.source, sink, bounds, watchdog)
+            self._stream_into(source, sink, bounds, watchdog)
             os.ftruncate(fd, sink.offset)
             os.fsync(fd)
         finally:

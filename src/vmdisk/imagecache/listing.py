@@ -137,7 +137,11 @@ def find_image(ref: str, rows: Sequence[ImageRow], aliases: Mapping[str, str]) -
         )
     matches = []
     if len(ref) >= MIN_PREFIX and _HEX.fullmatch(ref):
-        matches = [r for r in rows if r.name.startswith(ref) or r.record.sha256.startswith(ref)]
+        matches = [
+            r
+            for r in rows
+            if r.name.startswith(ref) or r.record.sha256.rpartition(":")[2].startswith(ref)
+        ]
     if len(matches) == 1:
         return matches[0]
     if matches:

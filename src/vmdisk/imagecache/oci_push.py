@@ -109,7 +109,15 @@ def build_layer(disk: Path, out: Path) -> tuple[Blob, str]:
     return Blob(out, digest, written, LAYER), "sha256:" + tar_hash.hexdigest()
 
 
-def annotations_for(record: BaseRecord) -> dict[str, str]:
+def plain_sha256(path: Path) -> str:
+    """sha256 over every byte of the raw base, holes read as zeros: what any reader (a KubeVirt
+    node, sha256sum of the unpacked disk converted to raw) can check without vmdisk's tree
+    digest (record.sha256, imagecache/digest.py)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def annotations_for(record: BaseRecord, content_sha256: str) -> dict[str, str]:
     """Where the image came from and what the intake found, for whoever pulls it."""
     verdict = {
         "verdict": "accepted",
@@ -122,7 +130,8 @@ def annotations_for(record: BaseRecord) -> dict[str, str]:
     return {
         f"{ANNOTATION}.image.id": record.image_id,
         f"{ANNOTATION}.image.source": record.source,
-        f"{ANNOTATION}.image.sha256": record.sha256,  # of the raw content a pull gives back
+        f"{ANNOTATION}.image.sha256": content_sha256,  # of the raw content a pull gives back
+        f"{ANNOTATION}.image.digest": record.sha256,  # vmdisk's tree digest of the same bytes
         f"{ANNOTATION}.image.virtual-size": str(record.virtual_size),
         f"{ANNOTATION}.intake.verdict": json.dumps(verdict, sort_keys=True),
         "org.opencontainers.image.created": record.fetched_at,
@@ -178,7 +187,7 @@ def push_base(
         layer, diff_id = build_layer(qcow2, packed)
         qcow2.unlink()
         config = _config(diff_id, platform)
-        body = manifest(config, layer, annotations_for(record))
+        body = manifest(config, layer, annotations_for(record, plain_sha256(base)))
         uploaded, skipped = [], []
         for blob in (layer, config):
             if client.has_blob(ref.repository, blob.digest):

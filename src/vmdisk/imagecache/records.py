@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vmdisk.errors import InvalidRequest
 from vmdisk.fsutil import write_atomic
+from vmdisk.imagecache.digest import TAG
 
 RECORD_SUFFIX = ".info"
 _DIGEST_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
@@ -71,9 +72,13 @@ class BaseRecord:
     checksums: dict[str, str] = field(default_factory=dict)
 
     def download_digest(self, algorithm: str) -> str | None:
-        if algorithm == "sha256":
-            return self.sha256_download
-        return self.checksums.get(algorithm)
+        """The download's digest in a user's algorithm, when it was computed at fetch time;
+        a record from before the tree digest keeps a plain sha256 in sha256_download."""
+        found = self.checksums.get(algorithm)
+        legacy = self.sha256_download
+        if found is None and algorithm == "sha256" and legacy and not legacy.startswith(TAG):
+            return legacy
+        return found
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode() + b"\n"

@@ -13,7 +13,6 @@ from vmdisk.errors import UnsafeImage
 from vmdisk.imagecache.compressed import CompressedSource, compression_of, output_cap
 from vmdisk.imagecache.glance import SCHEME as GLANCE_SCHEME
 from vmdisk.imagecache.glance import Glance, GlanceSource, image_id_of
-from vmdisk.imagecache.http import HttpClient, HttpOptions
 from vmdisk.imagecache.mirrors import MirroredSource, mirror_for
 from vmdisk.imagecache.names import ImageNames
 from vmdisk.imagecache.netguard import AddressClass, Resolver, classify, system_resolver
@@ -24,6 +23,7 @@ from vmdisk.imagecache.simplestreams import SCHEME as SS_SCHEME
 from vmdisk.imagecache.simplestreams import SimpleStreamsSource, Verifier
 from vmdisk.imagecache.snapshot import SNAPSHOT_SCHEME, SnapshotLabel
 from vmdisk.imagecache.sources import ImageSource, open_source
+from vmdisk.imagecache.urls import HttpOptions
 from vmdisk.settings import GlanceSettings, ImageCacheSettings, OciSettings, Settings
 from vmdisk.tools.runner import Runner, SubprocessRunner
 
@@ -62,6 +62,8 @@ class SourceRegistry:
     def glance(self) -> Glance:
         g = self.glance_settings
         options = dataclasses.replace(self.options, ca_file=g.cafile or self.options.ca_file)
+        from vmdisk.imagecache.http import HttpClient  # requests: only Glance users pay for it
+
         client = HttpClient(options, resolve=self.resolver, classify_address=self.classify_address)
         return Glance(g.api_url, g.token, g.project, client=client)
 

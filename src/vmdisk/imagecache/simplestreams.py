@@ -27,9 +27,9 @@ from vmdisk.errors import (
     ToolError,
     UnsafeImage,
 )
-from vmdisk.imagecache.http import HttpClient, HttpOptions
 from vmdisk.imagecache.records import Checksum
 from vmdisk.imagecache.sources import HttpSource, ImageSource, Opened, SourceFacts, redact_url
+from vmdisk.imagecache.urls import HttpOptions
 from vmdisk.tools.runner import Runner
 
 SCHEME = "ss:"
@@ -105,6 +105,8 @@ class SimpleStreamsSource:
         self.url, self.release, self.arch = parse(text)
         self.verifier = verifier
         self.options = options or HttpOptions()
+        from vmdisk.imagecache.http import HttpClient  # requests: only ss: users pay for it
+
         self.client = HttpClient(self.options)  # the documents pass the same address checks
         self._facts: SourceFacts | None = None
         self._item_url: str | None = None

@@ -13,18 +13,16 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
-
-import requests
-import urllib3
 
 from vmdisk._version import __version__
 from vmdisk.credentials import strip_credentials
 from vmdisk.errors import ImageFetchError, ImageNotFound, InvalidRequest
-from vmdisk.fsutil import data_extents
-from vmdisk.imagecache.http import (
-    HttpClient,
+from vmdisk.fsutil import data_extents, reflink
+from vmdisk.imagecache.netguard import AddressClass, Resolver, classify, system_resolver
+from vmdisk.imagecache.records import Checksum
+from vmdisk.imagecache.urls import (
     HttpOptions,
     TransientFetchError,
     check_redirect,
@@ -33,8 +31,17 @@ from vmdisk.imagecache.http import (
     shutdown,
     unsplit_without_credentials,
 )
-from vmdisk.imagecache.netguard import AddressClass, Resolver, classify, system_resolver
-from vmdisk.imagecache.records import Checksum
+from vmdisk.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import requests
+    import urllib3
+
+    from vmdisk.imagecache import http
+    from vmdisk.imagecache.http import HttpClient
+else:  # imported by the first HTTP fetch, not by every command (vmdisk/lazy.py)
+    requests, urllib3 = LazyModule("requests"), LazyModule("urllib3")
+    http = LazyModule("vmdisk.imagecache.http")
 
 __all__ = [
     "HttpSource",
@@ -163,6 +170,21 @@ class LocalFileSource:
             raise InvalidRequest(f"{self.path} is not a regular file", reason="not-a-file")
         return Opened(_read_extents(fd, offset, st.st_size), st.st_size, resumable=True)
 
+    def clone_into(self, fd: int) -> bool:
+        """Reflink this file into `fd` (a new `.part`) if the file system can; else False.
+
+        The caller then reads the clone, not this file: it is private to the intake, so the
+        bytes hashed and inspected are the bytes that become the base, whoever writes here.
+        """
+        try:
+            src = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False  # open() reports it, with the usual typed error
+        try:
+            return stat.S_ISREG(os.fstat(src).st_mode) and reflink(src, fd)
+        finally:
+            os.close(src)
+
 
 _ZEROS = bytes(CHUNK)
 
@@ -216,7 +238,7 @@ class HttpSource:
         credentials: dict[str, str] | None = None,
     ) -> None:
         self.url = url
-        self.client = client or HttpClient(options, resolve=resolve)
+        self.client = client or http.HttpClient(options, resolve=resolve)
         self.headers = headers or {}
         self.credentials = credentials or {}
         self._validator: str | None = None
@@ -368,7 +390,7 @@ def open_source(
     scheme = found.group(1).lower() if found else ""
     if scheme in ("http", "https"):
         check_url(text)
-        client = HttpClient(options, resolve=resolve, classify_address=classify_address)
+        client = http.HttpClient(options, resolve=resolve, classify_address=classify_address)
         return HttpSource(text, client=client)
     if scheme == "file":
         try:

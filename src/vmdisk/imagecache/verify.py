@@ -1,5 +1,8 @@
 """`vmdisk cache verify`: re-hash each base against its record and re-run the safety checks.
 
+Re-hashing reads only a base's data (digest.py); records older than that digest hold a plain
+sha256, which is still checked, the slow way.
+
 It reports and never deletes: a failing base may still back instances, and an operator must
 decide what to do with them.
 """
@@ -11,9 +14,9 @@ from typing import Any
 
 from vmdisk.errors import VmdiskError
 from vmdisk.imagecache import inspect
+from vmdisk.imagecache.digest import matches
 from vmdisk.imagecache.entries import EntryKind, scan
 from vmdisk.imagecache.inspect import confirm_with_qemu
-from vmdisk.imagecache.intake import hash_sparse_file
 from vmdisk.imagecache.records import read_record
 from vmdisk.imagecache.store import ImageCache
 
@@ -52,9 +55,9 @@ def verify_cache(cache: ImageCache) -> list[Verdict]:
             continue
         if record.size != entry.size:
             verdict.fail(f"size is {entry.size}, the record says {record.size}")
-        digest = hash_sparse_file(path)
-        if digest != record.sha256:
-            verdict.fail(f"sha256 is {digest}, the record says {record.sha256}")
+        same, digest = matches(path, record.sha256)  # either kind: digest.py
+        if not same:
+            verdict.fail(f"sha256 digest is {digest}, the record says {record.sha256}")
         try:
             found = inspect.inspect_file(path)
             if found.qemu_format != record.format:
