@@ -34,6 +34,13 @@ test: deps venv lint
 test-lvm: deps venv
 	$(BIN)/pytest -s -q -p no:randomly tests/lvm
 
+# bench/lvm.py in the same guest (thick vs thin warm creates against bare lvcreate): JSON on
+# stdout and in bench/out/lvm.json.
+bench-lvm: deps venv
+	mkdir -p bench/out
+	VMDISK_LVM_RUN=bench VMDISK_LVM_BENCH_OUT=$(CURDIR)/bench/out/lvm.json \
+		$(BIN)/pytest -s -q -p no:randomly tests/lvm
+
 unit: venv
 	$(BIN)/pytest tests/unit
 
