@@ -226,12 +226,15 @@ class LvmBackend(DiskBackend):
     def clear(self, lv: LogicalVolume) -> None:
         """volume_clear over volume_clear_size MiB (0: all), before the volume is removed.
         A sparse volume's data is in its exception store: that is what is cleared (writing
-        through the snapshot would fill the store instead)."""
+        through the snapshot would fill the store instead). device-mapper holds the store
+        open exclusively, so blkdiscard cannot open it; shred -n0 -z writes the zeros."""
         target, size = (lv.cow_device, lv.cow_size or 0) if lv.sparse else (lv.path, lv.size)
         if self.config.clear_size_mib:
             size = min(size, self.config.clear_size_mib * MiB)
         if self.config.clear is VolumeClear.SHRED:
             argv = ["shred", "-n", "3", "-s", str(size), str(target)]
+        elif lv.sparse:
+            argv = ["shred", "-n", "0", "-z", "-s", str(size), str(target)]
         else:
             argv = ["blkdiscard", "-z", "-o", "0", "-l", str(size), str(target)]
         self.runner.run(argv, timeout=3600)
