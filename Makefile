@@ -30,7 +30,8 @@ test: deps venv lint
 	$(BIN)/pytest tests/unit tests/integration
 
 # LVM on real device-mapper, inside the Debian test guest (cached in /var/cache/vmdisk-tests):
-# about 6 minutes under TCG once the image exists, 2 more to build it.
+# 8 minutes under TCG on a quiet machine once the image exists (15 with seven other runs), 2
+# more to build it.
 test-lvm: deps venv
 	$(BIN)/pytest -s -q -p no:randomly tests/lvm
 

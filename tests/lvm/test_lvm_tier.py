@@ -119,7 +119,7 @@ def _run_tests(guest: debian.RunningGuest, key: Path) -> None:
         key,
         "cd /root/t && VMDISK_TEST_VG=vg0 VMDISK_TEST_KERNEL=/root/t/vmlinuz "
         "VMDISK_TEST_REPORT=/root/t/report.jsonl /root/v/bin/pytest -q -p no:cacheprovider "
-        "inguest 2>&1 | tee /dev/console; exit ${PIPESTATUS[0]}",
+        "--durations=0 inguest 2>&1 | tee /dev/console; exit ${PIPESTATUS[0]}",
         timeout=1500,
         check=False,
     )
