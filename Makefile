@@ -30,8 +30,8 @@ test: deps venv lint
 	$(BIN)/pytest tests/unit tests/integration
 
 # LVM on real device-mapper, inside the Debian test guest (cached in /var/cache/vmdisk-tests):
-# 8 minutes under TCG on a quiet machine once the image exists (15 with seven other runs), 2
-# more to build it.
+# about 7 minutes under TCG on a quiet machine once the image exists (15 with seven other
+# runs beside it), 2 more to build it.
 test-lvm: deps venv
 	$(BIN)/pytest -s -q -p no:randomly tests/lvm
 
