@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: deps venv demo test lint unit coverage integration bench bench-quick soak clean test-guest
+.PHONY: deps venv demo test lint unit coverage integration bench bench-quick soak clean test-guest test-lvm bench-lvm
 
 deps:
 	./scripts/install-deps
@@ -30,7 +30,8 @@ test: deps venv lint
 	$(BIN)/pytest tests/unit tests/integration
 
 # LVM on real device-mapper, inside the Debian test guest (cached in /var/cache/vmdisk-tests):
-# about 6 minutes under TCG once the image exists, 2 more to build it.
+# about 7 minutes under TCG on a quiet machine once the image exists (15 with seven other
+# runs beside it), 2 more to build it.
 test-lvm: deps venv
 	$(BIN)/pytest -s -q -p no:randomly tests/lvm
 
@@ -38,6 +39,13 @@ test-lvm: deps venv
 # guest under TCG: about 6 minutes once the image exists.
 test-guest: deps venv
 	$(BIN)/pytest -s -q -p no:randomly tests/guests
+
+# bench/lvm.py in the same guest (thick vs thin warm creates against bare lvcreate): JSON on
+# stdout and in bench/out/lvm.json.
+bench-lvm: deps venv
+	mkdir -p bench/out
+	VMDISK_LVM_RUN=bench VMDISK_LVM_BENCH_OUT=$(CURDIR)/bench/out/lvm.json \
+		$(BIN)/pytest -s -q -p no:randomly tests/lvm
 
 unit: venv
 	$(BIN)/pytest tests/unit

@@ -73,6 +73,16 @@ PACKAGES: tuple[str, ...] = (
     "less",
 )
 
+# The LVM tier (tests/lvm) also needs: virt-xml-validate (a shell script around xmllint) for
+# libvirt.xml, and a nested qemu booting a busybox initramfs whose drives are the LVs.
+LVM_TIER_PACKAGES: tuple[str, ...] = (
+    "libvirt-clients",
+    "libxml2-utils",
+    "qemu-system-x86",
+    "busybox-static",
+)
+PACKAGES += LVM_TIER_PACKAGES
+
 # Units a throwaway test guest never needs; masking them keeps the boot short.
 MASKED_UNITS: tuple[str, ...] = (
     "apt-daily.timer",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmdisk.backends.base import BackendDeps, DiskBackend, DiskState
-from vmdisk.errors import DiskMissing, SettingsError
+from vmdisk.errors import DiskMissing, NotSupported, SettingsError
 from vmdisk.imagecache.store import CachedImage
 from vmdisk.model import (
     BackendName,
@@ -182,6 +182,13 @@ class LvmBackend(DiskBackend):
         if not isinstance(entry.source, BlockSource):
             super().resize(entry, size)
             return
+        lv = self.lvm.volume(self.vg, entry.source.device.name)
+        if lv is not None and lv.sparse:
+            # lvextend would grow the exception store, not what the guest sees.
+            raise NotSupported(
+                f"{entry.source.device} is a sparse (snapshot-backed) volume: it cannot grow",
+                reason="not-supported",
+            )
         self.lvm.extend(self.vg, entry.source.device.name, size)
 
     def check_present(self, entry: DiskEntry, base_dir: Path) -> None:
@@ -217,14 +224,19 @@ class LvmBackend(DiskBackend):
         return not (lv.thin and lv.pool in volumes and volumes[lv.pool].zeroes)
 
     def clear(self, lv: LogicalVolume) -> None:
-        """volume_clear over volume_clear_size MiB (0: all), before the volume is removed."""
-        size = lv.size
+        """volume_clear over volume_clear_size MiB (0: all), before the volume is removed.
+        A sparse volume's data is in its exception store: that is what is cleared (writing
+        through the snapshot would fill the store instead). device-mapper holds the store
+        open exclusively, so blkdiscard cannot open it; shred -n0 -z writes the zeros."""
+        target, size = (lv.cow_device, lv.cow_size or 0) if lv.sparse else (lv.path, lv.size)
         if self.config.clear_size_mib:
             size = min(size, self.config.clear_size_mib * MiB)
         if self.config.clear is VolumeClear.SHRED:
-            argv = ["shred", "-n", "3", "-s", str(size), str(lv.path)]
+            argv = ["shred", "-n", "3", "-s", str(size), str(target)]
+        elif lv.sparse:
+            argv = ["shred", "-n", "0", "-z", "-s", str(size), str(target)]
         else:
-            argv = ["blkdiscard", "-z", "-o", "0", "-l", str(size), str(lv.path)]
+            argv = ["blkdiscard", "-z", "-o", "0", "-l", str(size), str(target)]
         self.runner.run(argv, timeout=3600)
 
     def _remove_quietly(self, name: str) -> None:

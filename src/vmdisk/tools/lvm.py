@@ -14,7 +14,7 @@ from vmdisk.errors import BackendError
 from vmdisk.tools.runner import Runner
 
 TIMEOUT = 300.0
-_LV_FIELDS = "lv_name,vg_name,lv_size,lv_attr,pool_lv,origin,data_percent,lv_path,zero"
+_LV_FIELDS = "lv_name,vg_name,lv_size,lv_attr,pool_lv,origin,origin_size,data_percent,lv_path,zero"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +28,13 @@ class VolumeGroup:
 class LogicalVolume:
     vg: str
     name: str
-    size: int
+    size: int  # what the device reads: a snapshot's is its origin's
     attr: str
     pool: str | None  # the thin pool a thin volume lives in
     origin: str | None  # the volume a snapshot was taken of
     data_percent: float | None  # thin volumes and pools: how much is allocated
     zeroes: bool  # thin pools: new blocks are zeroed when provisioned
+    cow_size: int | None = None  # old-style snapshots: the exception store holding the data
 
     @property
     def path(self) -> Path:
@@ -44,28 +45,49 @@ class LogicalVolume:
         return self.attr[:1] == "V"
 
     @property
+    def sparse(self) -> bool:
+        """A snapshot of a virtual zero origin (`--type snapshot --virtualsize`)."""
+        return self.cow_size is not None and (self.origin or "").endswith("_vorigin")
+
+    @property
+    def cow_device(self) -> Path:
+        """The snapshot's exception store as device-mapper names it (dashes doubled)."""
+        return Path("/dev/mapper") / f"{_dm(self.vg)}-{_dm(self.name)}-cow"
+
+    @property
     def allocated(self) -> int | None:
+        if self.cow_size is not None:
+            return int(self.cow_size * (self.data_percent or 0) / 100)
         if self.data_percent is None:
             return self.size if not self.thin else None
         return int(self.size * self.data_percent / 100)
 
 
+def _dm(name: str) -> str:
+    return name.replace("-", "--")
+
+
 def parse_lvs(text: str) -> list[LogicalVolume]:
     """`lvs --reportformat json --units b --nosuffix -o <_LV_FIELDS>` output."""
-    rows = _report(text, "lv")
-    return [
-        LogicalVolume(
-            vg=row["vg_name"],
-            name=row["lv_name"],
-            size=int(row["lv_size"] or 0),
-            attr=row.get("lv_attr", ""),
-            pool=row.get("pool_lv") or None,
-            origin=row.get("origin") or None,
-            data_percent=float(row["data_percent"]) if row.get("data_percent") else None,
-            zeroes=row.get("zero", "") in ("zero", "1"),
-        )
-        for row in rows
-    ]
+    return [_lv(row) for row in _report(text, "lv")]
+
+
+def _lv(row: dict[str, str]) -> LogicalVolume:
+    size = int(row["lv_size"] or 0)
+    attr = row.get("lv_attr", "")
+    # An old-style snapshot's lv_size is its exception store; the device reads its origin's.
+    snapshot = attr[:1] in ("s", "S") and bool(row.get("origin_size"))
+    return LogicalVolume(
+        vg=row["vg_name"],
+        name=row["lv_name"],
+        size=int(row["origin_size"]) if snapshot else size,
+        attr=attr,
+        pool=row.get("pool_lv") or None,
+        origin=(row.get("origin") or "").strip("[]") or None,
+        data_percent=float(row["data_percent"]) if row.get("data_percent") else None,
+        zeroes=row.get("zero", "") in ("zero", "1"),
+        cow_size=size if snapshot else None,
+    )
 
 
 def parse_vgs(text: str) -> list[VolumeGroup]:
@@ -124,9 +146,12 @@ class Lvm:
         return next((lv for lv in self.volumes(vg) if lv.name == name), None)
 
     def create(self, vg: str, name: str, size: int, *, sparse: bool = False) -> None:
-        """A thick volume, or with `sparse` Nova's snapshot-backed sparse volume."""
+        """A thick volume, or with `sparse` Nova's snapshot-backed sparse volume: a 64 MiB
+        exception store over a virtual zero origin. `--type snapshot` is explicit because
+        lvm2 2.03 otherwise makes a thin pool `lvolN` for it, which lvremove leaves behind."""
         if sparse:
-            self._run("lvcreate", "-y", "-L", "64m", "--virtualsize", f"{size}b", "-n", name, vg)
+            self._run("lvcreate", "-y", "--type", "snapshot", "-L", "64m",
+                      "--virtualsize", f"{size}b", "-n", name, vg)  # fmt: skip
         else:
             self._run("lvcreate", "-y", "-L", f"{size}b", "-n", name, vg)
 

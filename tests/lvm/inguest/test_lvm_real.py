@@ -8,9 +8,13 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
+import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import nested
 import pytest
 
 from vmdisk.backends.lvm import BASE_PREFIX, LvmBackend
@@ -20,6 +24,10 @@ from vmdisk.model import BlockSource, InstanceSpec
 from vmdisk.settings import Flavor, Settings, load_settings
 
 VG = os.environ.get("VMDISK_TEST_VG", "vg0")
+#: The guest's own kernel, put there by the harness, for the nested boot.
+KERNEL = os.environ.get("VMDISK_TEST_KERNEL", "/root/t/vmlinuz")
+#: Where figures (the nested boot's time) go for the harness to print.
+REPORT = Path(os.environ.get("VMDISK_TEST_REPORT", "/root/t/report.jsonl"))
 FLAVOR = Flavor("lvm.t", 1, 256, 1, ephemeral_gb=1, swap_mb=64)
 MiB = 1 << 20
 
@@ -51,6 +59,22 @@ def host(tmp_path: Path, **libvirt: object) -> Host:
         settings.libvirt, images_type="lvm", images_volume_group=VG, virt_type="qemu", **libvirt
     )  # type: ignore[arg-type]
     return Host(dataclasses.replace(settings, libvirt=lib))
+
+
+def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run a command; fail with its output (not just its exit code) if it fails. The test's
+    own VMDISK_TEST_* variables are kept from it (vmdisk would read them as settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMDISK_")}
+    out = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, check=False, env=env
+    )
+    assert out.returncode == 0, f"{argv[0]} exited {out.returncode}: {out.stdout}{out.stderr}"
+    return out
+
+
+def report(**figures: object) -> None:
+    with open(REPORT, "a") as fh:
+        fh.write(json.dumps(figures) + "\n")
 
 
 def spec(name: str) -> InstanceSpec:
@@ -155,3 +179,75 @@ def test_settings_refuse_lvm_without_a_volume_group(tmp_path: Path) -> None:
         load_settings(None, env={}, overrides={"instances_path": str(tmp_path),
                                                "libvirt": {"images_type": "lvm"}})  # fmt: skip
     assert isinstance(Settings, type)
+
+
+MODES: dict[str, dict[str, object]] = {
+    "thick": {},
+    "sparse": {"sparse_logical_volumes": True},
+    "thin": {"images_thin_pool": "pool"},
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_libvirt_xml_validates_with_block_disks(tmp_path: Path, image: Path, mode: str) -> None:
+    h = host(tmp_path, **MODES[mode])
+    before = set(lvs())
+    inst = h.create_instance(spec(f"xml-{mode}"), ImageRequest(str(image)))
+    u = inst.record.uuid
+    xml = inst.path / "libvirt.xml"
+    run("virt-xml-validate", xml, "domain")  # libvirt's own RelaxNG schema
+    blocks = {}
+    for el in ET.parse(xml).findall("./devices/disk"):
+        source = el.find("source")
+        if el.get("type") == "block" and source is not None:
+            blocks[source.get("dev")] = el
+    assert set(blocks) == {str(device(u, n)) for n in ("disk", "disk.local", "disk.swap")}
+    for dev, el in blocks.items():
+        assert el.get("device") == "disk"
+        driver = el.find("driver")
+        assert driver is not None
+        assert driver.attrib == {"name": "qemu", "type": "raw", "cache": "none", "io": "native"}
+        assert Path(dev).is_block_device()
+    root = device(u, "disk")
+    sh("cmp", "-n", str(image.stat().st_size), str(image), str(root))
+    attr = lvs()[root.name]
+    if mode == "thin":
+        assert attr["pool_lv"] == "pool" and attr["origin"].startswith(BASE_PREFIX)
+    elif mode == "sparse":  # 64 MiB of exception store over a virtual zero origin of 1 GiB
+        assert int(attr["lv_size"]) == 64 * MiB and attr["origin"] == f"[{root.name}_vorigin]"
+        assert sh("blockdev", "--getsize64", str(root)) == str(1 << 30)
+    h.delete_instance(f"xml-{mode}")
+    left = set(lvs()) - before
+    assert left <= {f"{BASE_PREFIX}{inst.record.image_base}"}, left  # no lvolN pools left over
+
+
+def test_a_booted_guest_sees_root_ephemeral_and_swap_on_the_volumes(
+    tmp_path: Path, image: Path
+) -> None:
+    """`vmdisk boot --via qemu` (TCG inside this TCG guest) on a thin-clone instance: a busybox
+    init in the nested guest reports what it finds on vda/vdb/vdc (tests/lvm/inguest/nested.py)."""
+    config = tmp_path / "vmdisk.toml"
+    config.write_text(
+        f'instances_path = "{tmp_path / "i"}"\n[libvirt]\nimages_type = "lvm"\n'
+        f'images_volume_group = "{VG}"\nimages_thin_pool = "pool"\nvirt_type = "qemu"\n'
+    )
+    h = Host(load_settings(config, env={}))
+    inst = h.create_instance(spec("nested"), ImageRequest(str(image)))
+    initrd = nested.build_initramfs(tmp_path / "init.cpio")
+    kernel = nested.kernel_elf(Path(KERNEL), tmp_path / "vmlinux")
+    vmdisk = Path(sys.executable).with_name("vmdisk")
+    start = time.monotonic()
+    out = run(vmdisk, "--config", config, "--json", "boot", "nested", "--via", "qemu",
+              "--kernel", kernel, "--initrd", initrd, "--cmdline", nested.CMDLINE,
+              "--timeout", "600")  # fmt: skip
+    elapsed = time.monotonic() - start
+    result = json.loads(out.stdout)
+    report(nested_boot_s=round(elapsed, 1), reason=result["reason"])
+    assert result["reason"] == "poweroff", result["console"][-2000:]
+    seen = nested.between_markers(result["console"])
+    assert seen.get("root") == "lvm-root-marker", result["console"][-2000:]
+    assert seen.get("ephemeral") == "/dev/vdb"  # found by its label, ephemeral0
+    assert seen.get("swap") == "partition"  # the kernel took vdc as swap
+    sizes = dict(kv.split("=") for kv in seen["partitions"].split())  # KiB
+    assert sizes == {"vda": str(1 << 20), "vdb": str(1 << 20), "vdc": str(64 << 10)}
+    h.delete_instance(inst.record.uuid)
