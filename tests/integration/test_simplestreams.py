@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.httpserver import Route, serve
-from tests.images import MiB, convert, ext4_image, vmdisk_argv
+from tests.images import MiB, base_digest, convert, ext4_image, vmdisk_argv
 
 PRODUCTS = "streams/v1/com.example:released:download.sjson"
 
@@ -137,7 +137,7 @@ def test_signed_stream_newest_item_pinned(tmp_path: Path, signed: dict[str, Any]
     assert got["image_id"].endswith(":com.example:server:24.04:amd64:20240423:disk1.img")
     assert got["detected_format"] == "qcow2"
     row = run(tmp_path / "i", None, "image", "show", got["image_id"])
-    assert row["sha256_download"] == hashlib.sha256(s["new"].read_bytes()).hexdigest()
+    assert row["sha256_download"] == base_digest(s["new"])
     with serve(r) as server:
         err = run(
             tmp_path / "i", cfg, "image", "fetch", f"ss:{server.url('/ss')}:noble/arm64", ok=False

@@ -56,7 +56,7 @@ class ImageNames:
         # A URL (or any scheme:) names its source, never "whatever is cached under this id":
         # otherwise a base planted under a URL's id would stand in for the URL, and the hit
         # would be checked against the planted source instead of the one asked for.
-        rec = self.record(text) if _is_bare_path(text) else None
+        rec = self.record(text) if "://" not in text else None
         if rec is not None and text != target:
             found.append(Candidate("image id", text, rec.source))
         if _is_bare_path(text) and Path(text).exists() and found:
