@@ -209,3 +209,18 @@ def test_oci_settings_from_toml_and_environment(tmp_path: Path) -> None:
     config.write_text("[oci]\ninsecure_registry = []\n")
     with pytest.raises(SettingsError, match="insecure_registries"):
         load_settings(config, {}, {"instances_path": str(tmp_path)})
+
+
+def test_registry_client_speaks_through_the_guarded_http_client() -> None:
+    from vmdisk.imagecache.http import HttpClient
+    from vmdisk.imagecache.urls import HttpOptions
+
+    reg = RegistryClient("quay.io", ca_file="/etc/vmdisk/ca.pem", stall_timeout=7)
+    assert isinstance(reg.http, HttpClient)
+    assert reg.http.session.trust_env is False  # no proxies or .netrc from the environment
+    assert reg.http.session.verify == "/etc/vmdisk/ca.pem"  # [oci] cafile
+    assert reg.http.options.stall_timeout == 7
+    assert RegistryClient("quay.io").http.session.verify is True  # the system's CAs
+    trusting = RegistryClient("quay.io", options=HttpOptions(trust_env=True, header_timeout=5))
+    assert trusting.http.session.trust_env is True  # only when [image_cache] says so
+    assert trusting.http.guard.header_timeout == 5

@@ -1,4 +1,4 @@
-"""The one HTTP client image downloads and Glance use: every connection checked, every hop too.
+"""The one HTTP client of downloads, Glance and OCI registries: every connection checked, every hop.
 
 `HttpClient.get` follows redirects itself, checking each target (scheme, https downgrade, the
 address class of the name) and sending credentials only to the origin they were given for. The
@@ -17,7 +17,7 @@ import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -230,7 +230,7 @@ class _Adapter(requests.adapters.HTTPAdapter):
 
 
 class HttpClient:
-    """GET with checked redirects over guarded connections; one per source (or Glance)."""
+    """Requests with checked redirects over guarded connections; one per source or registry."""
 
     def __init__(
         self,
@@ -266,6 +266,22 @@ class HttpClient:
         `credentials` go only to the origin (scheme, host, port) of `url`: after a hop to
         another origin they are dropped for the rest of the chain.
         """
+        return self.request("GET", url, headers, credentials=credentials)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        credentials: Mapping[str, str] | None = None,
+        data: BinaryIO | bytes | None = None,
+    ) -> requests.Response:
+        """`get` for any method, with an optional body (the OCI registry client's uploads).
+
+        Only GET and HEAD follow redirects: a body is not replayed to a place the server
+        names, so another method gets the redirect answer itself and its caller decides.
+        """
         home = origin_of(urlsplit(url))
         secret = dict(credentials or {})
         came_from, current = self.guard.origin, url
@@ -274,11 +290,11 @@ class HttpClient:
                 secret = {}
             self.guard.allowed_from, self.guard.redirect = came_from, hop > 0
             self.guard.last = None  # set by the connection that carries this request
-            response = self._send(current, {**headers, **secret})
+            response = self._send(current, {**headers, **secret}, method, data)
             peer = getattr(self.guard.last, "peer_class", None)
             if self.guard.origin is None:
                 self.guard.origin = peer
-            if not response.is_redirect:
+            if not response.is_redirect or method not in ("GET", "HEAD"):
                 return response
             response.close()
             try:
@@ -299,12 +315,20 @@ class HttpClient:
             reason="redirect-refused",
         )
 
-    def _send(self, url: str, headers: Mapping[str, str]) -> requests.Response:
+    def _send(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        method: str = "GET",
+        data: BinaryIO | bytes | None = None,
+    ) -> requests.Response:
         shown = redact_url(url)
         try:
-            return self.session.get(
+            return self.session.request(
+                method,
                 url,
                 headers=dict(headers),
+                data=data,
                 stream=True,
                 allow_redirects=False,
                 timeout=(self.options.connect_timeout, self.options.stall_timeout),

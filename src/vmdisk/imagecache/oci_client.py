@@ -1,4 +1,4 @@
-"""A streaming client for OCI registries (distribution, Harbor, Zot, Quay) over requests.
+"""A streaming client for OCI registries (distribution, Harbor, Zot, Quay) over HttpClient.
 
 Why our own client over requests, not a library. We read oras-py (PyPI `oras`, 0.2.x, the
 ORAS project's Python SDK) and considered skopeo (Debian) as a transport:
@@ -12,8 +12,9 @@ ORAS project's Python SDK) and considered skopeo (Debian) as a transport:
   Keeping it would mean wrapping most of it.
 The distribution protocol vmdisk needs is small — GET/HEAD a manifest or blob, POST+PUT an
 upload, PUT a manifest, and the WWW-Authenticate dance — so it is this module, over requests
-(already our HTTP library), with every byte checked against its digest as it arrives. skopeo
-stays in the tests as the independent reader of what we push.
+(already our HTTP library) through `HttpClient`, the guarded client of every download, with every
+byte checked against its digest as it arrives. skopeo stays in the tests as the independent
+reader of what we push.
 
 TLS is always verified; plain http is allowed only for registries named in
 `[oci] insecure_registries` (or `--insecure-registry`) that are loopback addresses.
@@ -21,6 +22,7 @@ TLS is always verified; plain http is allowed only for registries named in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import queue
@@ -33,14 +35,32 @@ import requests
 import urllib3
 
 from vmdisk._version import __version__
-from vmdisk.errors import ChecksumMismatch, ImageNotFound, InvalidRequest, RegistryError
+from vmdisk.errors import (
+    ChecksumMismatch,
+    ImageError,
+    ImageFetchError,
+    ImageNotFound,
+    InvalidRequest,
+    RegistryError,
+)
+from vmdisk.imagecache.http import HttpClient
+from vmdisk.imagecache.netguard import Resolver, classify, system_resolver
 from vmdisk.imagecache.oci import ACCEPT, MAX_MANIFEST, is_loopback, sha256_digest
 from vmdisk.imagecache.oci_auth import Challenge, Credentials, basic_auth, parse_challenge
-from vmdisk.imagecache.sources import CHUNK, TransientFetchError, check_redirect
+from vmdisk.imagecache.sources import CHUNK, TransientFetchError
+from vmdisk.imagecache.urls import Classifier, HttpOptions
 
 
 class RegistryClient:
-    """One registry: base URL, credentials, and the tokens it handed out, per scope."""
+    """One registry: base URL, credentials, and the tokens it handed out, per scope.
+
+    Every request goes through one `HttpClient` (imagecache/http.py), the guarded client all
+    downloads use: connections pinned to checked addresses, redirects followed by the client
+    with the Authorization header sent only to the registry's own origin, no environment
+    proxies unless the options say so. The first answer fixes the registry's address class;
+    a blob redirect, token realm or upload location may then go to a public address or to
+    one of that class, never from a public registry inward.
+    """
 
     def __init__(
         self,
@@ -51,6 +71,9 @@ class RegistryClient:
         connect_timeout: float = 10.0,
         stall_timeout: float = 30.0,
         ca_file: str | None = None,
+        options: HttpOptions | None = None,
+        resolve: Resolver = system_resolver,
+        classify_address: Classifier = classify,
     ) -> None:
         if insecure and not is_loopback(registry):
             raise InvalidRequest(
@@ -61,11 +84,12 @@ class RegistryClient:
         host = "registry-1.docker.io" if registry == "docker.io" else registry
         self.base = f"{'http' if insecure else 'https'}://{host}"
         self.credentials = credentials
-        self.timeout = (connect_timeout, stall_timeout)
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.session.verify = ca_file or True  # a private CA's bundle, else the system's
-        self.session.headers["User-Agent"] = f"vmdisk/{__version__}"
+        if options is None:
+            options = HttpOptions(connect_timeout=connect_timeout, stall_timeout=stall_timeout)
+        # [oci] cafile: a private CA's bundle, else the system's
+        options = dataclasses.replace(options, ca_file=ca_file or options.ca_file)
+        self.http = HttpClient(options, resolve=resolve, classify_address=classify_address)
+        self.http.session.headers["User-Agent"] = f"vmdisk/{__version__}"
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
 
     # -- plumbing --
@@ -80,22 +104,27 @@ class RegistryClient:
         stream: bool = False,
         data: BinaryIO | bytes | None = None,
     ) -> requests.Response:
-        """One request authenticated for `scope` (one 401 challenge answered); redirects checked."""
+        """One request authenticated for `scope` (one 401 challenge answered); redirects checked.
+
+        Unless `stream`, the body is read before the answer is returned.
+        """
         url = path if "://" in path else self.base + path
-        response = self._send(method, url, scope, headers, stream, data)
+        response = self._send(method, url, scope, headers, data)
         if response.status_code == 401:
             challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
             response.close()
             self._authenticate(challenge, scope)
             if data is not None and not isinstance(data, bytes):
                 data.seek(0)
-            response = self._send(method, url, scope, headers, stream, data)
+            response = self._send(method, url, scope, headers, data)
             if response.status_code == 401:
                 response.close()
                 raise self._denied(401)
         if response.status_code == 403:
             response.close()
             raise self._denied(403)
+        if not stream and method != "HEAD":
+            self._load(response)
         return response
 
     def _send(
@@ -104,40 +133,42 @@ class RegistryClient:
         url: str,
         scope: str,
         headers: dict[str, str] | None,
-        stream: bool,
         data: BinaryIO | bytes | None,
     ) -> requests.Response:
-        sent = dict(headers or {})
-        if scope in self._auth:
-            sent["Authorization"] = self._auth[scope]
-        for _ in range(6):
-            try:
-                response = self.session.request(
-                    method, url, headers=sent, stream=stream, data=data,
-                    allow_redirects=False, timeout=self.timeout,
-                )  # fmt: skip
-            except requests.exceptions.SSLError as exc:
-                raise RegistryError(
-                    f"TLS verification failed for {self.registry}: {_first_line(exc)}",
-                    reason="tls-failed",
-                    hint="plain http is possible only for a loopback registry listed in "
-                    "[oci] insecure_registries (or --insecure-registry)",
-                ) from exc
-            except requests.exceptions.ConnectionError as exc:
-                raise RegistryError(
-                    f"cannot connect to registry {self.registry}", reason="connection-failed"
-                ) from exc
-            except requests.exceptions.Timeout as exc:
-                raise TransientFetchError(f"timed out talking to {self.registry}") from exc
-            if not response.is_redirect or method not in ("GET", "HEAD"):
-                return response
-            target = urljoin(url, response.headers.get("Location", ""))
-            response.close()
-            check_redirect(url, target)
-            if urlsplit(target).netloc != urlsplit(url).netloc:
-                sent.pop("Authorization", None)  # blob storage gets a signed URL, not our token
-            url = target
-        raise RegistryError(f"too many redirects from {self.registry}", reason="redirect-refused")
+        auth = {"Authorization": self._auth[scope]} if scope in self._auth else None
+        try:
+            return self.http.request(method, url, headers or {}, credentials=auth, data=data)
+        except ImageFetchError as exc:
+            typed = self._typed(exc)
+            if typed is exc:
+                raise
+            raise typed from exc
+
+    def _typed(self, exc: ImageFetchError) -> ImageError:
+        """The guarded client's error, named for the registry (TLS and connection faults)."""
+        detail = str(exc).rpartition(": ")[2]
+        if exc.reason == "tls-failed":
+            return RegistryError(
+                f"TLS verification failed for {self.registry}: {detail}",
+                reason="tls-failed",
+                hint="name a private CA's bundle with [oci] cafile; plain http is possible only "
+                "for a loopback registry listed in [oci] insecure_registries "
+                "(or --insecure-registry)",
+            )
+        if exc.reason == "connection-failed":
+            return RegistryError(
+                f"cannot connect to registry {self.registry}: {detail}",
+                reason="connection-failed",
+            )
+        return exc  # refused addresses and redirects, header deadline, bad answers: as they are
+
+    def _load(self, response: requests.Response) -> None:
+        """Read a small answer whole, at most MAX_MANIFEST bytes (a registry cannot fill RAM)."""
+        try:
+            with response:
+                response._content = _read_limited(response, MAX_MANIFEST, "answer")
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException) as exc:
+            raise TransientFetchError(f"an answer of {self.registry} was cut: {exc}") from exc
 
     def _authenticate(self, challenge: Challenge | None, scope: str) -> None:
         creds = self.credentials
@@ -157,12 +188,13 @@ class RegistryClient:
                 reason="auth-failed",
             )
         query = {"service": challenge.params.get("service", ""), "scope": scope}
-        headers = {"Authorization": basic_auth(creds)} if creds else {}
-        try:
-            answer = self.session.get(
-                f"{realm}?{urlencode(query)}", headers=headers, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
+        basic = {"Authorization": basic_auth(creds)} if creds else None
+        try:  # the realm is the registry's choice: the same guard as a redirect of its own
+            answer = self.http.get(f"{realm}?{urlencode(query)}", {}, credentials=basic)
+            self._load(answer)
+        except (ImageFetchError, TransientFetchError) as exc:
+            if isinstance(exc, ImageFetchError) and exc.reason in _REFUSED:
+                raise  # an inward realm is a refusal, not an authentication failure
             raise RegistryError(
                 f"cannot reach the token service of {self.registry}: {_first_line(exc)}",
                 reason="auth-failed",
@@ -267,6 +299,10 @@ class RegistryClient:
         if theirs != ours:
             raise RegistryError(f"{self.registry} stored the manifest as {theirs}, not {ours}")
         return ours
+
+
+#: The guarded client's refusals of an address or a redirect target.
+_REFUSED = ("address-refused", "redirect-refused")
 
 
 def _pull(repository: str) -> str:
@@ -382,6 +418,9 @@ def client_for(
     connect_timeout: float = 10.0,
     stall_timeout: float = 30.0,
     ca_file: str | None = None,
+    options: HttpOptions | None = None,
+    resolve: Resolver = system_resolver,
+    classify_address: Classifier = classify,
 ) -> RegistryClient:
     insecure = registry in {r.lower() for r in insecure_registries}
     return RegistryClient(
@@ -391,4 +430,7 @@ def client_for(
         connect_timeout=connect_timeout,
         stall_timeout=stall_timeout,
         ca_file=ca_file,
+        options=options,
+        resolve=resolve,
+        classify_address=classify_address,
     )

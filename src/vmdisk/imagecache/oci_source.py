@@ -25,10 +25,12 @@ from vmdisk.errors import (
     RegistryError,
     UnsafeImage,
 )
+from vmdisk.imagecache.netguard import Resolver, classify, system_resolver
 from vmdisk.imagecache.oci import INDEXES, MANIFESTS, Reference, check_descriptor, host_platform
 from vmdisk.imagecache.oci_auth import env_auth_file, load_credentials, parse_credentials
 from vmdisk.imagecache.oci_client import BlobReader, RegistryClient, client_for
 from vmdisk.imagecache.sources import CHUNK, Opened, SourceFacts
+from vmdisk.imagecache.urls import Classifier, HttpOptions
 from vmdisk.settings import OciSettings
 
 GZIP_LAYERS = (
@@ -392,15 +394,32 @@ def open_oci(
     *,
     connect_timeout: float = 10.0,
     stall_timeout: float = 30.0,
+    options: HttpOptions | None = None,
+    resolve: Resolver = system_resolver,
+    classify_address: Classifier = classify,
 ) -> OciSource:
-    """The source for an `oci://` reference, with the registry's client built from settings."""
+    """The source for an `oci://` reference, with the registry's client built from settings.
+
+    `options` ([image_cache] download_*, as `http_options` makes them) win over the two
+    timeouts; `resolve` and `classify_address` are the guarded client's seams.
+    """
     ref = Reference.parse(text)
-    return OciSource(ref, registry_client(ref.registry, settings, connect_timeout, stall_timeout),
-                     settings.platform)  # fmt: skip
+    client = registry_client(
+        ref.registry, settings, connect_timeout, stall_timeout,
+        options=options, resolve=resolve, classify_address=classify_address,
+    )  # fmt: skip
+    return OciSource(ref, client, settings.platform)
 
 
 def registry_client(
-    registry: str, settings: OciSettings, connect_timeout: float = 10.0, stall_timeout: float = 30.0
+    registry: str,
+    settings: OciSettings,
+    connect_timeout: float = 10.0,
+    stall_timeout: float = 30.0,
+    *,
+    options: HttpOptions | None = None,
+    resolve: Resolver = system_resolver,
+    classify_address: Classifier = classify,
 ) -> RegistryClient:
     creds = load_credentials(
         parse_credentials(settings.credentials), env_auth_file(settings.auth_file)
@@ -412,4 +431,7 @@ def registry_client(
         connect_timeout=connect_timeout,
         stall_timeout=stall_timeout,
         ca_file=settings.cafile,
+        options=options,
+        resolve=resolve,
+        classify_address=classify_address,
     )
