@@ -505,3 +505,13 @@ def test_any_image_id_is_refused_or_round_trips_through_libvirt_xml(
     ns = {"v": "https://github.com/vmdisk/vmdisk/xmlns/instance/1.0"}
     image = root.find("metadata/v:instance/v:image", ns)
     assert image is not None and image.get("id") == image_id
+
+
+def test_boot_cmdline_with_control_characters_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vmdisk boot --cmdline` reaches qemu's -append and libvirt.xml's <cmdline>: the same
+    check as create's, before the instance is even looked up."""
+    root = str(tmp_path / "i")
+    code, line = cli(capsys, "--instances-path", root, "boot", "nope", "--cmdline", "a\x01b")
+    assert code == 2 and "control character U+0001" in line and "\n" not in line

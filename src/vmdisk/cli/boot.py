@@ -12,6 +12,7 @@ from vmdisk.boot import STOP_GRACE
 from vmdisk.cli.context import app
 from vmdisk.libvirt.domain import render
 from vmdisk.model import BootOptions
+from vmdisk.validate import check_cmdline
 
 
 @click.command("xml")
@@ -78,7 +79,7 @@ def boot(
         rescue=rescue,
         kernel=kernel.absolute() if kernel else None,
         initrd=initrd.absolute() if initrd else None,
-        cmdline=cmdline,
+        cmdline=check_cmdline(cmdline) if cmdline is not None else None,
         uri=uri,
     )
     stream = None if a.output.json_mode else _to_terminal

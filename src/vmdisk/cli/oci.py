@@ -97,6 +97,7 @@ def push(ctx: click.Context, image: str, target: str) -> None:
     """
     from vmdisk.imagecache.oci_push import push_base  # requests: only a push pays for it
     from vmdisk.imagecache.oci_source import registry_client
+    from vmdisk.imagecache.registry import http_options
 
     a = app(ctx)
     ref = Reference.parse(target)
@@ -104,9 +105,7 @@ def push(ctx: click.Context, image: str, target: str) -> None:
     host = a.host
     cached = find_base(host, image)
     c = settings.image_cache
-    client = registry_client(
-        ref.registry, settings.oci, c.download_connect_timeout, c.download_stall_timeout
-    )
+    client = registry_client(ref.registry, settings.oci, options=http_options(c))
     with host.locks.shared(cached.name):
         result = push_base(
             client,

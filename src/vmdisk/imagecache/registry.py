@@ -77,8 +77,9 @@ class SourceRegistry:
             return open_oci(
                 text,
                 self.oci_settings,
-                connect_timeout=self.options.connect_timeout,
-                stall_timeout=self.options.stall_timeout,
+                options=self.options,
+                resolve=self.resolver,
+                classify_address=self.classify_address,
             )
         return open_source(
             text,
