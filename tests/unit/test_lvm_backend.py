@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from tests.fakelvm import FakeLvm2, FakeVolume
+from vmdisk import host as host_module
 from vmdisk.backends import BackendDeps, open_backend
 from vmdisk.backends.base import VolumePrune
 from vmdisk.backends.lvm import LvmBackend, volume_name
-from vmdisk.errors import DiskMissing, SettingsError
-from vmdisk import host as host_module
 from vmdisk.cli.main import cli
+from vmdisk.errors import DiskMissing, SettingsError
 from vmdisk.imagecache.cleaner import Action, CleanupPlan, Decision
 from vmdisk.imagecache.entries import EntryKind
 from vmdisk.imagecache.records import BaseRecord
