@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -18,6 +18,9 @@ from vmdisk.imagecache.probe import Probe
 from vmdisk.imagecache.snapshot import EXPORT_FORMATS
 from vmdisk.request import image_request
 from vmdisk.units import format_size
+
+if TYPE_CHECKING:
+    from vmdisk.backends.base import VolumePrune
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -417,7 +420,10 @@ def _shares(names: list[str], how: str | None) -> str:
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.pass_context
 def cache_prune(ctx: click.Context, dry_run: bool) -> None:
-    """Remove unused bases past their age (and LRU over [image_cache] max_size)."""
+    """Remove unused bases past their age (and LRU over [image_cache] max_size).
+
+    With images_type = "lvm", base LVs (vmdisk_base_*) whose base goes, and that no volume
+    snapshots, go too."""
     a = app(ctx)
     outcome = a.host.prune_all(dry_run=dry_run)
     plan, result, volumes = outcome.plan, outcome.result, outcome.volumes
@@ -442,10 +448,7 @@ def cache_prune(ctx: click.Context, dry_run: bool) -> None:
                 format_size(d.allocated),
                 d.reason,
             )
-        for v in volumes.decisions:
-            age = "-" if v.age is None else f"{v.age / 3600:.1f} h"
-            size = "-" if v.allocated is None else format_size(v.allocated)
-            table.add_row(v.name, "base volume", str(v.action), age, size, v.reason)
+        _volume_rows(table, volumes)
         out.print(table)
         if result is None:
             freed = format_size(plan.freed)
@@ -466,6 +469,14 @@ def cache_prune(ctx: click.Context, dry_run: bool) -> None:
             out.print(f"  [red]error[/] {name}: {error}")
 
     a.output.emit(data, human)
+
+
+def _volume_rows(table: Table, volumes: VolumePrune) -> None:
+    """The backend's base volumes (thin base LVs), after the _base entries."""
+    for v in volumes.decisions:
+        age = "-" if v.age is None else f"{v.age / 3600:.1f} h"
+        size = "-" if v.allocated is None else format_size(v.allocated)
+        table.add_row(v.name, "base volume", str(v.action), age, size, v.reason)
 
 
 @cache_group.command("verify")
