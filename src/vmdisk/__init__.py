@@ -59,8 +59,9 @@ from vmdisk.errors import (
 
 if TYPE_CHECKING:
     from vmdisk.backends import BackendDeps, BackendInfo, DiskBackend, DiskState
+    from vmdisk.backends.base import VolumeDecision, VolumePrune
     from vmdisk.boot import BootResult
-    from vmdisk.host import Host
+    from vmdisk.host import Host, PruneOutcome
     from vmdisk.imagecache.cleaner import (
         Action,
         CleanupPlan,
@@ -124,8 +125,9 @@ if TYPE_CHECKING:
 # Module -> the public names it defines; resolved on first attribute access.
 _LAZY: dict[str, tuple[str, ...]] = {
     "vmdisk.backends": ("BackendDeps", "BackendInfo", "DiskBackend", "DiskState"),
+    "vmdisk.backends.base": ("VolumeDecision", "VolumePrune"),
     "vmdisk.boot": ("BootResult",),
-    "vmdisk.host": ("Host",),
+    "vmdisk.host": ("Host", "PruneOutcome"),
     "vmdisk.imagecache.cleaner": (
         "Action",
         "CleanupPlan",
@@ -323,4 +325,8 @@ __all__ = [
     "parse_network",
     "plan_disks",
     "__version__",
+    # cache prune with base volumes (issue 17)
+    "PruneOutcome",
+    "VolumeDecision",
+    "VolumePrune",
 ]

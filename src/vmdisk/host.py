@@ -17,6 +17,7 @@ import platformdirs
 
 from vmdisk import inventory, lifecycle
 from vmdisk.backends import BackendDeps
+from vmdisk.backends.base import VolumePrune
 from vmdisk.boot import STOP_GRACE, BootResult, Stream, boot_libvirt, boot_qemu
 from vmdisk.errors import InvalidRequest, NotSupported, VmdiskError
 from vmdisk.fsutil import direct_io_supported, ensure_real_dir
@@ -54,7 +55,7 @@ from vmdisk.model import (
     validate_name,
     validate_uuid,
 )
-from vmdisk.plan import plan_disks
+from vmdisk.plan import choose_backend, plan_disks
 from vmdisk.progress import NoProgress, Progress
 from vmdisk.provision import Provisioner, write_domain_xml
 from vmdisk.request import image_request
@@ -65,6 +66,15 @@ from vmdisk.settings import Settings
 from vmdisk.tools.qemu_img import QemuImg
 from vmdisk.tools.runner import CommandResult, Limits, Runner, SubprocessRunner
 from vmdisk.units import GiB
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PruneOutcome:
+    """One prune pass: the `_base` plan and result (None on a dry run), and the backend's."""
+
+    plan: CleanupPlan
+    result: CleanupResult | None
+    volumes: VolumePrune
 
 
 class Host:
@@ -377,11 +387,24 @@ class Host:
         self, *, dry_run: bool = False, policy: CleanupPolicy | None = None
     ) -> tuple[CleanupPlan, CleanupResult | None]:
         """One pass of the image cache manager; see imagecache/cleaner.py for the protocol."""
+        outcome = self.prune_all(dry_run=dry_run, policy=policy)
+        return outcome.plan, outcome.result
+
+    def prune_all(
+        self, *, dry_run: bool = False, policy: CleanupPolicy | None = None
+    ) -> PruneOutcome:
+        """`cache prune`: `_base` first, then the copies of bases the configured backend keeps
+        elsewhere (thin base LVs), which follow their entries."""
         self.prepare()
         policy = policy or self.cleanup_policy()
-        return inventory.prune(
-            self.store, self.settings.base_dir, self.locks, policy, dry_run=dry_run
-        )
+        base_dir = self.settings.base_dir
+        plan, result = inventory.prune(self.store, base_dir, self.locks, policy, dry_run=dry_run)
+        in_use = inventory.bases_in_use(self.store, base_dir)  # again: builds may have begun
+        with self.provisioner.backend(choose_backend(None, self.settings)) as backend:
+            volumes = backend.prune_bases(
+                plan, in_use, base_dir, remove_unused=policy.remove_unused, dry_run=dry_run
+            )
+        return PruneOutcome(plan, result, volumes)
 
     def cache_listing(self) -> CacheListing:
         """`cache list`: each base with its record, allocation, last use and users."""

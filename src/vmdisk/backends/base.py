@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence, Set
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vmdisk.errors import BackendError, DiskMissing, FlavorDiskSmallerThanImage, NotSupported
 from vmdisk.fsutil import open_exclusive
+from vmdisk.imagecache.cleaner import Action, CleanupPlan
 from vmdisk.imagecache.store import CachedImage
 from vmdisk.imagecache.templates import TemplateCache
 from vmdisk.locks import Locks
@@ -73,6 +74,50 @@ class DiskState:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeDecision:
+    """What `cache prune` does with a base a backend keeps outside `_base` (a thin base LV)."""
+
+    name: str  # the volume
+    base: str  # the _base entry it was made from
+    action: Action  # KEEP or REMOVE
+    reason: str
+    age: float | None  # seconds since its _base entry was last used, None if the entry is gone
+    allocated: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "base-volume",
+            "base": self.base,
+            "action": str(self.action),
+            "reason": self.reason,
+            "age_seconds": None if self.age is None else round(self.age),
+            "allocated": self.allocated,
+        }
+
+
+@dataclass
+class VolumePrune:
+    """The backend's half of a prune pass: its plan, and (unless a dry run) what it did."""
+
+    decisions: list[VolumeDecision] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept_on_recheck: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def would_free(self) -> int:
+        return sum(d.allocated or 0 for d in self.decisions if d.action is Action.REMOVE)
+
+    def result_dict(self) -> dict[str, Any]:
+        return {
+            "removed": self.removed,
+            "kept_on_recheck": self.kept_on_recheck,
+            "errors": self.errors,
+        }
 
 
 def verify_base_size(image_size: int, size: int | None) -> None:
@@ -194,6 +239,20 @@ class DiskBackend(ABC):
     def discard(self, disks: Sequence[DiskPlan]) -> None:
         """After a failed create: remove whatever of `disks` exists outside the build dir."""
         return None
+
+    def prune_bases(
+        self,
+        files: CleanupPlan,
+        in_use: Set[str],
+        base_dir: Path,
+        *,
+        remove_unused: bool,
+        dry_run: bool,
+    ) -> VolumePrune:
+        """After `cache prune` has pruned `_base` (`files`): plan, and unless `dry_run` remove,
+        the copies of bases this backend keeps elsewhere. `in_use` is read after the file
+        pass. Backends whose disks only reference `_base` keep nothing: the default."""
+        return VolumePrune()
 
     def format_blank(self, disk: DiskPlan, target: Path) -> None:
         """Give a blank raw file its content: a labelled file system or a swap signature."""

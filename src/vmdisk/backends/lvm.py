@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmdisk.backends.base import BackendDeps, DiskBackend, DiskState
-from vmdisk.errors import DiskMissing, NotSupported, SettingsError
+from vmdisk.backends.base import BackendDeps, DiskBackend, DiskState, VolumeDecision, VolumePrune
+from vmdisk.errors import DiskMissing, NotSupported, SettingsError, VmdiskError
+from vmdisk.imagecache.cleaner import Action, CleanupPlan, Decision
 from vmdisk.imagecache.store import CachedImage
 from vmdisk.model import (
     BackendName,
@@ -248,16 +249,81 @@ class LvmBackend(DiskBackend):
         """The imported bases in the pool, for the cache cleaner."""
         return [lv for lv in self.lvm.volumes(self.vg) if lv.name.startswith(BASE_PREFIX)]
 
-    def remove_unused_bases(self, in_use: set[str]) -> list[str]:
-        """Remove base volumes no _base entry in use names and no snapshot depends on."""
-        volumes = self.lvm.volumes(self.vg)
-        origins = {lv.origin for lv in volumes if lv.origin}
-        removed = []
-        for lv in volumes:
-            if not lv.name.startswith(BASE_PREFIX) or ".tmp-" in lv.name:
+    def prune_bases(
+        self,
+        files: CleanupPlan,
+        in_use: Set[str],
+        base_dir: Path,
+        *,
+        remove_unused: bool,
+        dry_run: bool,
+    ) -> VolumePrune:
+        """Base LVs follow their `_base` entry: one goes when its entry is gone or goes in this
+        pass, never while a snapshot of it exists or its base is in use."""
+        out = VolumePrune(
+            plan_base_volumes(self.lvm.volumes(self.vg), files, in_use, remove_unused)
+        )
+        if dry_run:
+            return out
+        for d in out.decisions:
+            if d.action is not Action.REMOVE:
                 continue
-            if lv.name in origins or lv.name[len(BASE_PREFIX) :] in in_use:
-                continue
-            self.lvm.remove(self.vg, lv.name)
-            removed.append(lv.name)
-        return removed
+            try:
+                self._remove_base(d, base_dir, out)
+            except (OSError, VmdiskError) as exc:
+                out.errors[d.name] = str(exc)  # one volume's failure never stops the pass
+        return out
+
+    def _remove_base(self, d: VolumeDecision, base_dir: Path, out: VolumePrune) -> None:
+        """Under the entry's lock, which creators hold shared from finding the base to the
+        snapshot: if the `_base` file is still gone and nothing snapshots the volume, nobody
+        can be about to. (The base holds image bytes, no tenant's: no volume_clear.)"""
+        with self.deps.locks.exclusive(d.base, timeout=60):
+            snapshots = [lv.name for lv in self.lvm.volumes(self.vg) if lv.origin == d.name]
+            if (base_dir / d.base).exists() or snapshots:
+                out.kept_on_recheck.append(d.name)
+                return
+            self.lvm.remove(self.vg, d.name)
+            out.removed.append(d.name)
+            self.deps.locks.remove(d.base)  # held by us; its entry is gone
+
+
+def plan_base_volumes(
+    volumes: Sequence[LogicalVolume], files: CleanupPlan, in_use: Set[str], remove_unused: bool
+) -> list[VolumeDecision]:
+    """A decision for every `vmdisk_base_*` volume (temporary imports are left to the next
+    import of their image, which removes them)."""
+    snapshots: dict[str, list[str]] = {}
+    for lv in volumes:
+        if lv.origin:
+            snapshots.setdefault(lv.origin, []).append(lv.name)
+    entries = {d.name: d for d in files.decisions}
+    out = []
+    for lv in volumes:
+        if not lv.name.startswith(BASE_PREFIX) or ".tmp-" in lv.name:
+            continue
+        base = lv.name[len(BASE_PREFIX) :]
+        entry = entries.get(base)
+        action, reason = _base_action(
+            sorted(snapshots.get(lv.name, [])), base in in_use, entry, remove_unused
+        )
+        age = entry.age if entry else None
+        out.append(VolumeDecision(lv.name, base, action, reason, age, lv.allocated))
+    return out
+
+
+def _base_action(
+    snapshots: list[str], in_use: bool, entry: Decision | None, remove_unused: bool
+) -> tuple[Action, str]:
+    if snapshots:
+        shown = ", ".join(snapshots[:3]) + (", ..." if len(snapshots) > 3 else "")
+        return Action.KEEP, f"{len(snapshots)} thin snapshot(s) of it: {shown}"
+    if in_use:
+        return Action.KEEP, "its base is in use"
+    if not remove_unused:
+        return Action.KEEP, "unused; removal is turned off"
+    if entry is None:
+        return Action.REMOVE, "no snapshots, and its _base entry is gone"
+    if entry.action is Action.REMOVE:
+        return Action.REMOVE, f"no snapshots; its _base entry goes too ({entry.reason})"
+    return Action.KEEP, f"follows its _base entry: {entry.reason}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -18,6 +18,9 @@ from vmdisk.imagecache.probe import Probe
 from vmdisk.imagecache.snapshot import EXPORT_FORMATS
 from vmdisk.request import image_request
 from vmdisk.units import format_size
+
+if TYPE_CHECKING:
+    from vmdisk.backends.base import VolumePrune
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -417,13 +420,21 @@ def _shares(names: list[str], how: str | None) -> str:
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.pass_context
 def cache_prune(ctx: click.Context, dry_run: bool) -> None:
-    """Remove unused bases past their age (and LRU over [image_cache] max_size)."""
+    """Remove unused bases past their age (and LRU over [image_cache] max_size).
+
+    With images_type = "lvm", base LVs (vmdisk_base_*) whose base goes, and that no volume
+    snapshots, go too."""
     a = app(ctx)
-    plan, result = a.host.prune(dry_run=dry_run)
+    outcome = a.host.prune_all(dry_run=dry_run)
+    plan, result, volumes = outcome.plan, outcome.result, outcome.volumes
     data = {
         "dry_run": dry_run,
-        "plan": plan.to_dict(),
-        "result": result.to_dict() if result else None,
+        "plan": {
+            **plan.to_dict(),
+            "volumes": [v.to_dict() for v in volumes.decisions],
+            "volumes_would_free": volumes.would_free,
+        },
+        "result": {**result.to_dict(), "volumes": volumes.result_dict()} if result else None,
     }
 
     def human(out: Console) -> None:
@@ -437,18 +448,35 @@ def cache_prune(ctx: click.Context, dry_run: bool) -> None:
                 format_size(d.allocated),
                 d.reason,
             )
+        _volume_rows(table, volumes)
         out.print(table)
         if result is None:
-            out.print(f"dry run: would free {format_size(plan.freed)}; nothing was changed")
+            freed = format_size(plan.freed)
+            if volumes.decisions:
+                freed += f" in _base and {format_size(volumes.would_free)} in base volumes"
+            out.print(f"dry run: would free {freed}; nothing was changed")
             return
         out.print(
             f"removed {len(result.removed)}, kept on re-check "
             f"{len(result.kept_on_recheck)}, errors {len(result.errors)}"
         )
-        for name, error in result.errors.items():
+        if volumes.decisions:
+            out.print(
+                f"base volumes: removed {len(volumes.removed)}, kept on re-check "
+                f"{len(volumes.kept_on_recheck)}, errors {len(volumes.errors)}"
+            )
+        for name, error in {**result.errors, **volumes.errors}.items():
             out.print(f"  [red]error[/] {name}: {error}")
 
     a.output.emit(data, human)
+
+
+def _volume_rows(table: Table, volumes: VolumePrune) -> None:
+    """The backend's base volumes (thin base LVs), after the _base entries."""
+    for v in volumes.decisions:
+        age = "-" if v.age is None else f"{v.age / 3600:.1f} h"
+        size = "-" if v.allocated is None else format_size(v.allocated)
+        table.add_row(v.name, "base volume", str(v.action), age, size, v.reason)
 
 
 @cache_group.command("verify")
