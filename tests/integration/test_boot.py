@@ -6,19 +6,16 @@ turns on swap, prints meta_data.json from LABEL=config-2, writes a file and powe
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import subprocess
-import time
 import uuid as uuidlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.guest import GUEST_FILE, GUEST_TEXT, Guest
+from tests.guests.libvirtd import libvirt_daemons
 from tests.images import MiB, convert, debugfs_cat, ext4_image, sha256
 from vmdisk.errors import DiskMissing
 from vmdisk.host import Host
@@ -119,42 +116,6 @@ def test_refuses_to_boot_without_its_base(workdir: Path, guest: Guest, image: Pa
     with pytest.raises(DiskMissing) as err:
         host.boot("orphan", BootOptions(timeout=10, kernel=guest.kernel, initrd=guest.initrd))
     assert err.value.reason == "base-missing"
-
-
-DAEMONS = (
-    ("virtlogd", "/run/virtlogd.pid", "/run/libvirt/virtlogd-sock"),
-    ("libvirtd", "/run/libvirtd.pid", "/run/libvirt/libvirt-sock"),
-)
-
-
-def _alive(pidfile: str) -> bool:
-    try:
-        pid = int(Path(pidfile).read_text().strip())
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError, IndexError):
-        return False
-    return state != "Z"
-
-
-@contextlib.contextmanager
-def libvirt_daemons() -> Iterator[None]:
-    """Start virtlogd and libvirtd unless already running; stop what we started, by pid."""
-    started: list[int] = []
-    for daemon, pidfile, socket in DAEMONS:
-        if _alive(pidfile) and Path(socket).exists():
-            continue
-        subprocess.run([f"/usr/sbin/{daemon}", "-d"], check=True)
-        for _ in range(100):
-            if _alive(pidfile) and Path(socket).exists():
-                break
-            time.sleep(0.1)
-        started.append(int(Path(pidfile).read_text().strip()))
-    try:
-        yield
-    finally:
-        for pid in reversed(started):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 15)
 
 
 def test_boot_with_libvirt(workdir: Path, guest: Guest, image: Path, tmp_path: Path) -> None:
