@@ -35,6 +35,7 @@ from vmdisk.imagecache.manage import (
     remove_image,
 )
 from vmdisk.imagecache.names import ImageNames
+from vmdisk.imagecache.pins import flavor_too_small
 from vmdisk.imagecache.probe import Probe, probe_image
 from vmdisk.imagecache.registry import SourceRegistry, resolved
 from vmdisk.imagecache.store import CachedImage, ImageCache, ImageRequest, ResolvedImage
@@ -454,8 +455,16 @@ class Host:
 
     def probe_image(self, request: ImageRequest) -> Probe:
         """`--dry-run`: format, sizes and whether it is cached; reads at most the first MiB."""
-        image = self.resolve(request)
-        return probe_image(image, self.cache, self.settings.image_cache.max_virtual_size)
+        return self.probe_resolved(self.resolve(request))
+
+    def probe_resolved(self, image: ResolvedImage, root_gb: int | None = None) -> Probe:
+        """probe_image for an image already resolved; with `root_gb` (a flavor's root disk,
+        0 = the image's size) a root smaller than the image is refused now, as create would
+        refuse it, but without downloading anything (`create --dry-run`)."""
+        found = probe_image(image, self.cache, self.settings.image_cache.max_virtual_size)
+        if root_gb and found.virtual_size is not None and found.virtual_size > root_gb * GiB:
+            raise flavor_too_small(found.virtual_size, root_gb * GiB)
+        return found
 
     def snapshot_instance(self, ref: str, image_id: str, alias: str | None = None) -> CachedImage:
         """The instance's root disk as a new raw base `image_id` (refused while running)."""

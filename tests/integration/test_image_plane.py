@@ -241,6 +241,35 @@ def test_dry_run_reads_the_head_only(tmp_path: Path, root: Path) -> None:
         assert server.hits["/big.qcow2"] == hits
 
 
+def test_create_dry_run_answers_flavor_too_small_from_the_head(tmp_path: Path, root: Path) -> None:
+    """`create --dry-run` reports the image (format, size, cached) next to the plan, and a root
+    disk smaller than the image is refused from the first MiB, not after a download (the
+    body drips at 256 KiB/s: the whole 8 MiB would take over 30 s)."""
+    big = tmp_path / "big.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(big), "8G"], check=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 8M", str(big)],
+        check=True,
+        capture_output=True,
+    )
+    with serve({"/big.qcow2": Route(big.read_bytes(), rate=256 * 1024)}) as server:
+        url = server.url("/big.qcow2")
+        started = time.monotonic()
+        err = cli(
+            root, "create", "vm1", "--image", url, "--flavor", "m1.tiny", "--dry-run", ok=False
+        )
+        assert time.monotonic() - started < 20
+        assert err["reason"] == "flavor-too-small" and err["exit"] == 1
+        assert "8.0 GiB" in err["message"] and "1.0 GiB" in err["message"]
+        plan = cli(root, "create", "vm1", "--image", url, "--flavor", "m1.small", "--dry-run")
+    assert plan["dry_run"] is True and plan["image"]["virtual_size"] == 8 * 1024 * MiB
+    assert plan["image"]["cached"] is False and plan["image"]["format"] == "qcow2"
+    assert (
+        not (root / "_base").exists()
+        or [p.name for p in (root / "_base").iterdir() if p.name != "aliases.json"] == []
+    )
+
+
 @pytest.fixture
 def xfs(tmp_path: Path) -> Iterator[Path]:
     """A reflink-capable XFS on a loop device (the root file system here is ext4)."""

@@ -112,7 +112,11 @@ def create(
     if dry_run:
         image, boot = a.host.resolve(built.image), a.host.resolve_boot_files(built.boot_files)
         plan = a.host.plan(built.spec, image, boot)
-        a.output.emit({"dry_run": True, **plan.to_dict()}, lambda out: _print_plan(out, plan))
+        found = a.host.probe_resolved(image, built.spec.flavor.root_gb)
+        a.output.emit(
+            {"dry_run": True, **plan.to_dict(), "image": found.to_dict()},
+            lambda out: _print_plan(out, plan, found),
+        )
         return
     inst = a.host.create_instance(built.spec, built.image, built.boot_files)
     if ssh_user or flags["ssh_key"]:
@@ -167,10 +171,13 @@ def _path(text: str | None) -> Path | None:
     return Path(text) if text else None
 
 
-def _print_plan(out: Console, plan: Any) -> None:
+def _print_plan(out: Console, plan: Any, image: Any) -> None:
     out.print(
         f"[bold]plan for {plan.name}[/] ({plan.uuid}), backend {plan.backend}, nothing was written"
     )
+    size = format_size(image.virtual_size) if image.virtual_size is not None else "unknown"
+    state = "cached" if image.cached else "not cached (would be fetched)"
+    out.print(f"image {image.image_id}: {image.format or 'format unknown'}, {size}, {state}")
     table = Table("disk", "format", "size", "base in _base", "label")
     for d in plan.disks:
         size = format_size(d.size) if d.size else "image size"
