@@ -81,3 +81,23 @@ def test_missing_bindings_are_tool_not_found(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "rados", None)
     with pytest.raises(ToolNotFound):
         Cluster(None, None).__enter__()
+
+
+def test_an_all_zero_fsid_right_after_connect_is_asked_again(
+    ceph: FakeCeph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librados under load has answered the all-zero fsid before the monitor map arrived (the
+    fake does so for its first three calls); the cluster's fsid is what it says next."""
+    import vmdisk.tools.ceph as tools_ceph
+    from tests.fakeceph import FakeRados
+
+    real, calls = ceph.fsid, []
+
+    def early_zero(self: FakeRados) -> str:
+        calls.append(1)
+        return "00000000-0000-0000-0000-000000000000" if len(calls) <= 3 else real
+
+    monkeypatch.setattr(FakeRados, "get_fsid", early_zero)
+    monkeypatch.setattr(tools_ceph, "FSID_POLL_INTERVAL", 0.001)
+    with Cluster(None, None) as cluster:
+        assert cluster.fsid == real and len(calls) == 4

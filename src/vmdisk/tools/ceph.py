@@ -13,6 +13,7 @@ import contextlib
 import errno as E
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from vmdisk.errors import (
     ToolNotFound,
 )
 from vmdisk.fsutil import data_extents
+
+FSID_POLLS, FSID_POLL_INTERVAL = 40, 0.05  # the all-zero fsid: ask again for 2 s
 
 CHUNK = 4 * 1024 * 1024
 _UNAVAILABLE = frozenset({E.ETIMEDOUT, E.ESHUTDOWN, E.ENOTCONN, E.ECONNREFUSED, E.EINTR})
@@ -199,8 +202,18 @@ class Cluster:
 
     @property
     def fsid(self) -> str:
+        """The cluster's fsid. Right after connecting, librados has been seen (under load)
+        to answer the all-zero fsid before the monitor map arrives; a zero fsid would make a
+        Glance image in this very cluster look foreign (downloaded instead of cloned), so it is
+        asked again for up to two seconds."""
         with translated(self.errors, "read the fsid of"):
-            return str(self._rados.get_fsid())
+            value = str(self._rados.get_fsid())
+            for _ in range(FSID_POLLS):
+                if value.strip("0-"):
+                    break
+                time.sleep(FSID_POLL_INTERVAL)
+                value = str(self._rados.get_fsid())
+            return value
 
     @contextlib.contextmanager
     def pool(self, name: str) -> Iterator[Any]:
